@@ -1,0 +1,1 @@
+"""simskip graph plugin."""

@@ -1,0 +1,1 @@
+"""simskip vision plugin."""

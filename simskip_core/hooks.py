@@ -1,0 +1,83 @@
+"""The pluggy hook specifications of simskip (project name ``simskip``).
+
+Every hook is documented in ``docs/hooks.md``; a test fails when one is not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pluggy
+
+if TYPE_CHECKING:
+    from simskip_core.augment import Augmentation
+    from simskip_core.embeddings import EmbeddingSet
+    from simskip_core.losses.base import ContrastiveLoss
+    from simskip_core.select import Probe
+    from simskip_core.tasks import EvalResult, Method, Task, TaskData
+
+__all__ = ["PROJECT", "hookimpl", "hookspec"]
+
+PROJECT = "simskip"
+hookspec = pluggy.HookspecMarker(PROJECT)
+#: Decorate a plugin's functions with this to implement simskip hooks.
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def simskip_register_tasks(register: Callable[[Task], None]) -> None:
+    """Register the plugin's benchmark tasks by calling ``register(task)`` once per :class:`Task`."""
+
+
+@hookspec(firstresult=True)
+def simskip_extract_embeddings(source: Any, options: Mapping[str, Any]) -> EmbeddingSet | None:
+    """Turn a host object into an :class:`EmbeddingSet`; return None when ``source`` is not yours.
+
+    ``source`` is e.g. ``{"texts": [...], "model": "all-MiniLM-L6-v2"}`` for text, a trained PyKEEN
+    model, or a PyG ``Data``; ``options`` carries batch size, cache folder and progress settings.
+    The first plugin that returns a result wins.
+    """
+
+
+@hookspec(firstresult=True)
+def simskip_evaluate(task: Task, data: TaskData, train: np.ndarray, test: np.ndarray, seed: int) -> EvalResult | None:
+    """Score refined ``train``/``test`` vectors on ``task``'s downstream metric; None if ``task`` is not yours."""
+
+
+@hookspec
+def simskip_pair_signals(task: Task, data: TaskData) -> Mapping[str, np.ndarray] | None:
+    """Extra positive-pair signals for ``task``'s training items, each an (m, 2) array of row indices."""
+
+
+@hookspec
+def simskip_task_methods(task: Task) -> Sequence[Method] | None:
+    """Domain-specific methods for ``task``: fair non-learned baselines (neighbour averaging, spectral
+    embedding) and refiners that use what the domain offers at inference (a graph's neighbourhood)."""
+
+
+@hookspec(firstresult=True)
+def simskip_default_probe(task: Task, data: TaskData) -> Probe | None:
+    """The probe auto mode uses on ``task``: scores candidate train vectors on validation splits of the training items."""
+
+
+@hookspec(firstresult=True)
+def simskip_attach(host: Any, model: Any) -> Any | None:
+    """Put a fitted :class:`~simskip_core.api.SimSkip` model into a host object (e.g. append it to a
+    sentence-transformers pipeline) and return the new host; None when ``host`` is not yours."""
+
+
+@hookspec
+def simskip_register_augmentations(register: Callable[[type[Augmentation]], None]) -> None:
+    """Register extra :class:`~simskip_core.augment.Augmentation` classes, then resolvable by name."""
+
+
+@hookspec
+def simskip_register_losses(register: Callable[[type[ContrastiveLoss]], None]) -> None:
+    """Register extra :class:`~simskip_core.losses.base.ContrastiveLoss` classes, then resolvable by name."""
+
+
+def hook_names() -> Sequence[str]:
+    """Names of every hook specification in this module."""
+    return sorted(name for name in globals() if name.startswith("simskip_"))
