@@ -66,6 +66,8 @@ class SkipRefiner(nn.Module):
         normalize_output: L2-normalise f(x) (use when the host pipeline L2-normalises its embeddings).
         projector_dim: output size of the projector head used only during training.
         projector_depth: number of linear layers in the projector.
+        residual_scale: alpha in x + alpha * g(x); alpha < 1 gives the blend alpha * f(x) + (1 - alpha) * x
+            that auto mode may choose.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class SkipRefiner(nn.Module):
         normalize_output: bool = False,
         projector_dim: int = 128,
         projector_depth: int = 2,
+        residual_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if dim < 1:
@@ -95,6 +98,7 @@ class SkipRefiner(nn.Module):
         self.normalize_output = normalize_output
         self.projector_dim = projector_dim
         self.projector_depth = projector_depth
+        self.residual_scale = residual_scale
         self.g = build_mlp(
             dim, self.hidden_dim, dim, depth=depth, activation=activation, dropout=dropout, norm=norm
         )
@@ -116,6 +120,7 @@ class SkipRefiner(nn.Module):
             "normalize_output": self.normalize_output,
             "projector_dim": self.projector_dim,
             "projector_depth": self.projector_depth,
+            "residual_scale": self.residual_scale,
         }
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,8 +128,8 @@ class SkipRefiner(nn.Module):
         return self.g(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """f(x) = x + g(x), optionally L2-normalised; (n, d) -> (n, d)."""
-        out = x + self.g(x)
+        """f(x) = x + alpha * g(x), optionally L2-normalised; (n, d) -> (n, d)."""
+        out = x + self.g(x) if self.residual_scale == 1.0 else x + self.residual_scale * self.g(x)
         if self.normalize_output:
             out = F.normalize(out, dim=-1)
         return out

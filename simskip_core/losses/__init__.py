@@ -1,18 +1,36 @@
-"""simskip losses, one per file, resolved by name, class or instance through :data:`loss_resolver`."""
+"""simskip losses, one per file, resolved by name, class or instance through :data:`loss_resolver`.
+
+Registered names: ``ntxent``, ``studentt``, ``spectralcontrastive`` (synonym ``spectral``),
+``difficultyaware`` (synonym ``difficulty``) and ``multisimilarity``. Names are matched
+case-insensitively, ignoring ``-``, ``_``, spaces and a trailing ``Loss``; synonyms come from
+each class's ``synonyms`` attribute.
+"""
 
 from __future__ import annotations
 
 from class_resolver import ClassResolver
 
 from simskip_core.losses.base import ContrastiveLoss
+from simskip_core.losses.difficulty import DifficultyAwareLoss
+from simskip_core.losses.multi_similarity import MultiSimilarityLoss
 from simskip_core.losses.ntxent import NTXentLoss
+from simskip_core.losses.spectral import SpectralContrastiveLoss
+from simskip_core.losses.student_t import StudentTLoss
 
-__all__ = ["ContrastiveLoss", "NTXentLoss", "loss_resolver"]
+__all__ = [
+    "ContrastiveLoss",
+    "DifficultyAwareLoss",
+    "MultiSimilarityLoss",
+    "NTXentLoss",
+    "SpectralContrastiveLoss",
+    "StudentTLoss",
+    "loss_resolver",
+]
 
 #: Resolves a loss from a name (e.g. "ntxent"), a class or an instance. Plugins add more through
 #: the ``simskip_register_losses`` hook.
 loss_resolver: ClassResolver[ContrastiveLoss] = ClassResolver(
-    [NTXentLoss],
+    [NTXentLoss, StudentTLoss, SpectralContrastiveLoss, DifficultyAwareLoss, MultiSimilarityLoss],
     base=ContrastiveLoss,
     default=NTXentLoss,
     suffix="Loss",
