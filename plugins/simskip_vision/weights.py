@@ -123,6 +123,7 @@ def efficientnet_pytorch_to_timm(
     target = model.state_dict()
     classifier = _classifier_keys(model)
     problems: list[str] = []
+    reported: set[str] = set()
     mapped: dict[str, torch.Tensor] = {}
     for key, tensor in source.items():
         match = _BLOCK_KEY.match(key)
@@ -148,12 +149,13 @@ def efficientnet_pytorch_to_timm(
         if new_key not in target:
             problems.append(f"{key!r} -> {new_key!r}: {arch} has no such tensor")
         elif tuple(target[new_key].shape) != tuple(tensor.shape):
+            reported.add(new_key)
             problems.append(
                 f"{key!r} -> {new_key!r}: shape {tuple(tensor.shape)} in the source but {tuple(target[new_key].shape)} in {arch}"
             )
         else:
             mapped[new_key] = tensor
-    missing = sorted(set(target) - set(mapped) - classifier)
+    missing = [k for k in target if k not in mapped and k not in classifier and k not in reported]
     problems.extend(f"{key!r}: {arch} tensor receives nothing from the source" for key in missing)
     if problems:
         raise CheckpointMismatchError(
@@ -177,28 +179,32 @@ def check_state_dict(
     arch = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
     target = model.state_dict()
     classifier = _classifier_keys(model)
-    problems: list[str] = []
+    missing = [
+        f"{k!r}: missing from the checkpoint" for k in target if k not in state_dict and k not in classifier
+    ]
+    shapes: list[str] = []
+    unexpected: list[str] = []
     for key, tensor in state_dict.items():
         if not isinstance(tensor, torch.Tensor):
-            problems.append(f"{key!r}: holds a {type(tensor).__name__}, not a tensor")
+            shapes.append(f"{key!r}: holds a {type(tensor).__name__}, not a tensor")
         elif key in classifier and (key not in target or target[key].shape != tensor.shape):
             continue
         elif key not in target:
-            problems.append(f"{key!r}: unexpected, {arch} has no such tensor")
+            unexpected.append(f"{key!r}: unexpected, {arch} has no such tensor")
         elif tuple(target[key].shape) != tuple(tensor.shape):
-            problems.append(
+            shapes.append(
                 f"{key!r}: shape {tuple(tensor.shape)} in the checkpoint but {tuple(target[key].shape)} in {arch}"
             )
-    missing = sorted(set(target) - set(state_dict) - classifier)
-    problems.extend(f"{key!r}: missing from the checkpoint" for key in missing)
+    problems = shapes + missing + unexpected
     if problems:
         matching = sum(
             1 for k, v in state_dict.items() if k in target and getattr(v, "shape", None) == target[k].shape
         )
         raise CheckpointMismatchError(
-            f"{origin} does not fit timm {arch!r}: {matching} of {len(target)} tensors match; "
-            f"{len(problems)} problem(s): {_listing(problems)}. "
-            "Is it a checkpoint for another architecture? Pass the timm model name it was trained as."
+            f"{origin} does not fit timm {arch!r}: {matching} of {len(target)} tensors match "
+            f"({len(shapes)} wrong shape, {len(missing)} missing, {len(unexpected)} unexpected): "
+            f"{_listing(problems)}. Is it a checkpoint for another architecture? "
+            "Pass the timm model name it was trained as."
         )
 
 
