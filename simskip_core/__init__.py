@@ -12,9 +12,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from simskip_core.api import SimSkip  # noqa: E402
-from simskip_core.embeddings import EmbeddingSet  # noqa: E402
-from simskip_core.hooks import hookimpl  # noqa: E402
-from simskip_core.refiner import SkipRefiner  # noqa: E402
+from simskip_core.api import SimSkip
+from simskip_core.embeddings import EmbeddingSet
+from simskip_core.hooks import hookimpl
+from simskip_core.refiner import SkipRefiner
 
 __all__ = ["EmbeddingSet", "SimSkip", "SkipRefiner", "__version__", "hookimpl"]

@@ -7,13 +7,15 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["as_matrix", "check_finite", "check_dim"]
+__all__ = ["as_matrix", "check_dim", "check_finite"]
 
 _CHUNK = 65536
 
 
 def _describe(x: Any) -> str:
-    return f"{type(x).__name__} with shape {tuple(getattr(x, 'shape', ()))} and dtype {getattr(x, 'dtype', '?')}"
+    return (
+        f"{type(x).__name__} with shape {tuple(getattr(x, 'shape', ()))} and dtype {getattr(x, 'dtype', '?')}"
+    )
 
 
 def as_matrix(x: Any, *, name: str = "X", copy: bool = False) -> np.ndarray:
@@ -25,7 +27,9 @@ def as_matrix(x: Any, *, name: str = "X", copy: bool = False) -> np.ndarray:
     """
     if isinstance(x, torch.Tensor):
         if x.is_complex():
-            raise TypeError(f"{name} is a complex tensor; pass real-valued embeddings (e.g. torch.view_as_real).")
+            raise TypeError(
+                f"{name} is a complex tensor; pass real-valued embeddings (e.g. torch.view_as_real)."
+            )
         if not x.is_floating_point():
             raise TypeError(
                 f"{name} has integer/boolean dtype {x.dtype}; embeddings must be floating point. "
@@ -40,14 +44,18 @@ def as_matrix(x: Any, *, name: str = "X", copy: bool = False) -> np.ndarray:
         hint = "reshape it to (1, d) for one vector" if arr.ndim == 1 else "flatten it to (n, d) first"
         raise ValueError(f"{name} must be 2-D (n_samples, dim), got {_describe(arr)}; {hint}.")
     if np.iscomplexobj(arr):
-        raise TypeError(f"{name} is complex; pass real-valued embeddings (e.g. concatenate real and imaginary parts).")
+        raise TypeError(
+            f"{name} is complex; pass real-valued embeddings (e.g. concatenate real and imaginary parts)."
+        )
     if not np.issubdtype(arr.dtype, np.floating):
         raise TypeError(
             f"{name} has dtype {arr.dtype}; embeddings must be floating point. "
             f"Convert with {name}.astype(np.float32) if the integers really are feature values."
         )
     if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} is empty ({_describe(arr)}); pass at least one row with at least one feature.")
+        raise ValueError(
+            f"{name} is empty ({_describe(arr)}); pass at least one row with at least one feature."
+        )
     check_finite(arr, name=name)
     if arr.dtype != np.float32 or copy or isinstance(arr, np.memmap):
         arr = np.array(arr, dtype=np.float32, copy=True)

@@ -27,7 +27,10 @@ from simskip_core.train import TrainConfig, fit_refiner
 __all__ = ["DEFAULT_AUGMENT", "SimSkip"]
 
 #: The paper's default views: random feature masking followed by Gaussian noise.
-DEFAULT_AUGMENT: tuple[tuple[str, dict[str, Any]], ...] = (("mask", {"keep_prob": 0.8}), ("noise", {"scale": 0.5}))
+DEFAULT_AUGMENT: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("mask", {"keep_prob": 0.8}),
+    ("noise", {"scale": 0.5}),
+)
 MODES = ("refine", "auto")
 FORMAT = "simskip-model"
 FORMAT_VERSION = 1
@@ -108,7 +111,7 @@ class SimSkip:
         self.loss = loss
         self.loss_kwargs = dict(loss_kwargs or {})
         self.augment = augment
-        self.architecture = {
+        self.architecture: dict[str, Any] = {
             "hidden_dim": hidden_dim,
             "depth": depth,
             "activation": activation,
@@ -207,6 +210,11 @@ class SimSkip:
                 default: the contrastive loss on held-out rows.
         """
         tic = time.perf_counter()
+        if self.mode == "auto" and probe is None and self.probe is None and labels is None:
+            raise ValueError(
+                "auto mode needs a probe to compare candidates: pass probe=callable(Z, split_seed) -> score, "
+                "or labels= for the default k-NN probe (or use the domain plugin's default probe)."
+            )
         x = as_matrix(X)
         n, d = x.shape
         signals = build_signals(n, x=x, mutual_knn=self.mutual_knn, pairs=pairs, labels=labels)
@@ -240,11 +248,7 @@ class SimSkip:
 
     def _select(self, x: np.ndarray, probe: Probe | None, labels: np.ndarray | None) -> None:
         if probe is None:
-            if labels is None:
-                raise ValueError(
-                    "auto mode needs a probe to compare candidates: pass probe=callable(Z, split_seed) -> score, "
-                    "or labels= for the default k-NN probe (or use the domain plugin's default probe)."
-                )
+            assert labels is not None  # checked at the start of fit()
             probe = LabelProbe(labels)
             self.uses_labels = True
         assert self.refiner_ is not None
@@ -269,7 +273,9 @@ class SimSkip:
     # ------------------------------------------------------------------ applying
     def _check_fitted(self) -> nn.Module:
         if self.module_ is None or self.dim_ is None:
-            raise RuntimeError("this SimSkip model is not fitted yet; call fit(X) first or SimSkip.load(path).")
+            raise RuntimeError(
+                "this SimSkip model is not fitted yet; call fit(X) first or SimSkip.load(path)."
+            )
         return self.module_
 
     def transform(self, X: Any) -> np.ndarray:
@@ -285,7 +291,9 @@ class SimSkip:
         x = as_matrix(X)
         out = self.transform(x)
         if out.shape != x.shape:
-            raise ValueError("mean_shift needs a map that keeps the dimension; the selected candidate changes it.")
+            raise ValueError(
+                "mean_shift needs a map that keeps the dimension; the selected candidate changes it."
+            )
         return float(np.linalg.norm(out - x, axis=1).mean())
 
     @property
@@ -323,7 +331,9 @@ class SimSkip:
         """Load a model saved with :meth:`save`; incomplete or corrupt folders raise :class:`CorruptModelError`."""
         config, tensors = read_model_dir(path)
         if config.get("format") != FORMAT:
-            raise CorruptModelError(f"{path} does not hold a simskip model (config.json has format {config.get('format')!r}).")
+            raise CorruptModelError(
+                f"{path} does not hold a simskip model (config.json has format {config.get('format')!r})."
+            )
         if config.get("format_version", 0) > FORMAT_VERSION:
             raise CorruptModelError(
                 f"{path} was saved by a newer simskip (format {config['format_version']}); upgrade simskip to load it."
@@ -333,13 +343,17 @@ class SimSkip:
             params["augment"] = [tuple(item) for item in params["augment"]]
             model = cls(**params)
             refiner = SkipRefiner(**config["refiner"])
-            refiner.load_state_dict({k[len("refiner.") :]: v for k, v in tensors.items() if k.startswith("refiner.")})
+            refiner.load_state_dict(
+                {k[len("refiner.") :]: v for k, v in tensors.items() if k.startswith("refiner.")}
+            )
             refiner.eval()
             kind = config["module"]["kind"]
             module_tensors = {k[len("module.") :]: v for k, v in tensors.items() if k.startswith("module.")}
             module = _build_module(kind, config["module"]["config"], module_tensors, refiner)
         except (KeyError, TypeError, RuntimeError, ValueError) as error:
-            raise CorruptModelError(f"{path} holds an inconsistent simskip model ({error}); save it again.") from error
+            raise CorruptModelError(
+                f"{path} holds an inconsistent simskip model ({error}); save it again."
+            ) from error
         model.refiner_ = refiner
         model.module_ = module
         model.dim_ = int(config["dim"])
@@ -371,7 +385,9 @@ def _describe_module(module: nn.Module) -> tuple[str, dict[str, Any]]:
     raise TypeError(f"cannot save a module of type {type(module).__name__}.")
 
 
-def _build_module(kind: str, config: dict[str, Any], tensors: dict[str, torch.Tensor], refiner: SkipRefiner) -> nn.Module:
+def _build_module(
+    kind: str, config: dict[str, Any], tensors: dict[str, torch.Tensor], refiner: SkipRefiner
+) -> nn.Module:
     if kind == "refiner":
         if not tensors:
             refiner.residual_scale = config.get("residual_scale", 1.0)

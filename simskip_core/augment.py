@@ -76,7 +76,9 @@ class GaussianNoise(Augmentation):
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.std is None:
-            raise RuntimeError("GaussianNoise must be fitted on the training embeddings before use; call fit(x).")
+            raise RuntimeError(
+                "GaussianNoise must be fitted on the training embeddings before use; call fit(x)."
+            )
         noise = torch.randn(x.shape, generator=generator, device=x.device)  # (B, d)
         return x + noise * (self.scale * self.std.to(x.device))
 
@@ -101,7 +103,11 @@ class Compose(Augmentation):
         return x
 
     def config(self) -> dict[str, Any]:
-        return {"augmentations": [[augmentation_resolver.normalize_inst(a), a.config()] for a in self.augmentations]}
+        return {
+            "augmentations": [
+                [augmentation_resolver.normalize_inst(a), a.config()] for a in self.augmentations
+            ]
+        }
 
 
 #: Resolves augmentations by name ("featuremask" / "mask", "gaussiannoise" / "noise"), class or instance.

@@ -18,12 +18,12 @@ from simskip_core._validation import as_matrix, check_dim
 from simskip_core.refiner import SkipRefiner
 
 __all__ = [
+    "PCA",
     "AffineMap",
     "AllButTheTop",
     "Baseline",
     "CenterL2",
     "Identity",
-    "PCA",
     "RandomResidual",
     "Whitening",
     "baseline_resolver",
@@ -32,6 +32,9 @@ __all__ = [
 
 class AffineMap(nn.Module):
     """y = (x - mean) @ weight, optionally L2-normalised; ``weight`` None means no projection."""
+
+    mean: torch.Tensor
+    weight: torch.Tensor | None
 
     def __init__(self, mean: torch.Tensor, weight: torch.Tensor | None, *, normalize: bool = False) -> None:
         super().__init__()
@@ -209,7 +212,9 @@ class RandomResidual(Baseline):
 
     deterministic = False
 
-    def __init__(self, target_shift: float, seed: int = 0, refiner_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, target_shift: float, seed: int = 0, refiner_kwargs: dict[str, Any] | None = None
+    ) -> None:
         super().__init__()
         if not np.isfinite(target_shift) or target_shift < 0:
             raise ValueError(f"target_shift must be a finite number >= 0, got {target_shift}.")

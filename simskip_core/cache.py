@@ -52,7 +52,7 @@ def cached_arrays(
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz.tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
+            np.savez(handle, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -39,18 +39,30 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit SimSkip on the (n, d) float array in IN.npy and write f(IN) to OUT.npy. "
         "With --model, apply a saved model instead of fitting.",
     )
-    refine.add_argument("input", type=Path, help="input embeddings, a .npy file holding an (n, d) float array")
+    refine.add_argument(
+        "input", type=Path, help="input embeddings, a .npy file holding an (n, d) float array"
+    )
     refine.add_argument("output", type=Path, help="where to write the refined (n, d) float32 array (.npy)")
-    refine.add_argument("--model", type=Path, help="apply this saved model (a folder from --save-model) instead of fitting")
+    refine.add_argument(
+        "--model", type=Path, help="apply this saved model (a folder from --save-model) instead of fitting"
+    )
     refine.add_argument("--save-model", type=Path, help="save the fitted model to this folder")
-    refine.add_argument("--overwrite", action="store_true", help="replace OUT and the --save-model folder if they exist")
-    refine.add_argument("--loss", default="ntxent", help="ntxent (default), studentt, spectral, difficulty, multisimilarity")
+    refine.add_argument(
+        "--overwrite", action="store_true", help="replace OUT and the --save-model folder if they exist"
+    )
+    refine.add_argument(
+        "--loss", default="ntxent", help="ntxent (default), studentt, spectral, difficulty, multisimilarity"
+    )
     refine.add_argument("--epochs", type=int, default=50)
     refine.add_argument("--batch-size", type=int, default=256)
     refine.add_argument("--lr", type=float, default=1e-3)
     refine.add_argument("--seed", type=int, default=0)
-    refine.add_argument("--mutual-knn", type=int, default=None, metavar="K", help="add label-free mutual k-NN positives")
-    refine.add_argument("--labels", type=Path, help="(n,) int .npy of class labels, -1 = unlabelled (few-label mode)")
+    refine.add_argument(
+        "--mutual-knn", type=int, default=None, metavar="K", help="add label-free mutual k-NN positives"
+    )
+    refine.add_argument(
+        "--labels", type=Path, help="(n,) int .npy of class labels, -1 = unlabelled (few-label mode)"
+    )
     refine.add_argument("--pairs", type=Path, help="(m, 2) int .npy of extra positive pairs (row indices)")
     refine.add_argument(
         "--mode",

@@ -36,13 +36,17 @@ class EmbeddingSet:
         self.vectors = as_matrix(self.vectors, name="EmbeddingSet.vectors")
         n = self.vectors.shape[0]
         if self.ids is not None and len(self.ids) != n:
-            raise ValueError(f"EmbeddingSet has {n} vectors but {len(self.ids)} ids; they must match row for row.")
+            raise ValueError(
+                f"EmbeddingSet has {n} vectors but {len(self.ids)} ids; they must match row for row."
+            )
         if self.labels is not None:
             labels = np.asarray(self.labels)
             if labels.shape != (n,):
                 raise ValueError(f"EmbeddingSet labels must have shape ({n},), got {labels.shape}.")
             if not np.issubdtype(labels.dtype, np.integer):
-                raise TypeError(f"EmbeddingSet labels must be integers (-1 = unlabelled), got dtype {labels.dtype}.")
+                raise TypeError(
+                    f"EmbeddingSet labels must be integers (-1 = unlabelled), got dtype {labels.dtype}."
+                )
             self.labels = labels.astype(np.int64)
         checked = {}
         for key, value in self.pairs.items():

@@ -125,7 +125,9 @@ def cosine_pair_scores(vectors: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", unit[pairs[:, 0]], unit[pairs[:, 1]])
 
 
-def similarity_eval(vectors: np.ndarray, pairs: np.ndarray, gold: np.ndarray, *, name: str = "spearman") -> EvalResult:
+def similarity_eval(
+    vectors: np.ndarray, pairs: np.ndarray, gold: np.ndarray, *, name: str = "spearman"
+) -> EvalResult:
     """Spearman correlation between cosine similarities of ``pairs`` and gold scores."""
     pred = cosine_pair_scores(vectors, pairs)
     scores = ItemScores("spearman", np.stack([pred, np.asarray(gold, dtype=np.float64)], axis=1))

@@ -42,7 +42,9 @@ def simskip_extract_embeddings(source: Any, options: Mapping[str, Any]) -> Embed
 
 
 @hookspec(firstresult=True)
-def simskip_evaluate(task: Task, data: TaskData, train: np.ndarray, test: np.ndarray, seed: int) -> EvalResult | None:
+def simskip_evaluate(
+    task: Task, data: TaskData, train: np.ndarray, test: np.ndarray, seed: int
+) -> EvalResult | None:
     """Score refined ``train``/``test`` vectors on ``task``'s downstream metric; None if ``task`` is not yours."""
 
 

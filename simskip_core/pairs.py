@@ -77,7 +77,11 @@ class GraphSignal(PairSignal):
         start = self._indptr[index]
         degree = self._indptr[index + 1] - start
         offset = (torch.rand(index.shape, generator=generator) * degree.clamp(min=1)).long()
-        partner = self._indices[(start + offset).clamp(max=max(len(self._indices) - 1, 0))] if len(self._indices) else start
+        partner = (
+            self._indices[(start + offset).clamp(max=max(len(self._indices) - 1, 0))]
+            if len(self._indices)
+            else start
+        )
         return torch.where(degree > 0, partner, torch.full_like(index, -1))
 
 
@@ -91,7 +95,9 @@ class LabelSignal(PairSignal):
         if labels.ndim != 1:
             raise ValueError(f"labels must be 1-D (n,), got shape {labels.shape}.")
         if not np.issubdtype(labels.dtype, np.integer):
-            raise TypeError(f"labels must be integers with -1 for unlabelled items, got dtype {labels.dtype}.")
+            raise TypeError(
+                f"labels must be integers with -1 for unlabelled items, got dtype {labels.dtype}."
+            )
         if (labels >= 0).sum() < 2:
             raise ValueError("few-label mode needs at least two labelled items (labels >= 0).")
         self.name = name
@@ -118,8 +124,11 @@ class LabelSignal(PairSignal):
         lab = self.labels[index]
         pos = torch.searchsorted(self._classes, lab.clamp(min=0)).clamp(max=len(self._classes) - 1)
         count = self._counts[pos]
-        offset = (torch.rand(index.shape, generator=generator) * count).long()
+        # draw among the count - 1 other members of the class: the item itself is swapped for the last member
+        offset = (torch.rand(index.shape, generator=generator) * (count - 1).clamp(min=1)).long()
         partner = self._sorted[self._starts[pos] + offset]
+        last = self._sorted[self._starts[pos] + count - 1]
+        partner = torch.where(partner == index, last, partner)
         valid = (lab >= 0) & (count > 1)
         return torch.where(valid, partner, torch.full_like(index, -1))
 
@@ -136,8 +145,8 @@ def mutual_knn_pairs(x: np.ndarray, k: int, *, chunk: int = 4096) -> np.ndarray:
     neighbours = torch.empty((n, k), dtype=torch.long)
     for start in range(0, n, chunk):
         sims = unit[start : start + chunk] @ unit.T  # (chunk, n)
-        rows = torch.arange(start, min(start + chunk, n))
-        sims[torch.arange(len(rows)), rows] = -float("inf")
+        own = torch.arange(start, min(start + chunk, n))
+        sims[torch.arange(len(own)), own] = -float("inf")
         neighbours[start : start + chunk] = sims.topk(k, dim=1).indices
     rows = np.repeat(np.arange(n), k)
     cols = neighbours.numpy().reshape(-1)
@@ -165,6 +174,8 @@ def build_signals(
     if labels is not None:
         labels = np.asarray(labels)
         if labels.shape != (n,):
-            raise ValueError(f"labels must have shape ({n},) to match X, got {labels.shape}; use -1 for unlabelled rows.")
+            raise ValueError(
+                f"labels must have shape ({n},) to match X, got {labels.shape}; use -1 for unlabelled rows."
+            )
         signals.append(LabelSignal(labels))
     return signals

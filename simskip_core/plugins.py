@@ -108,7 +108,13 @@ def installed_plugins() -> list[dict[str, str]]:
         rows.append({"name": ep.name, "module": ep.value, "status": status})
     for name, plugin in manager.list_name_plugin():
         if name not in seen:
-            rows.append({"name": name, "module": getattr(plugin, "__name__", repr(plugin)), "status": "registered at run time"})
+            rows.append(
+                {
+                    "name": name,
+                    "module": getattr(plugin, "__name__", repr(plugin)),
+                    "status": "registered at run time",
+                }
+            )
     return rows
 
 

@@ -106,7 +106,9 @@ class SkipRefiner(nn.Module):
         assert isinstance(last, nn.Linear)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
-        self.projector = build_mlp(dim, self.hidden_dim, projector_dim, depth=projector_depth, activation=activation)
+        self.projector = build_mlp(
+            dim, self.hidden_dim, projector_dim, depth=projector_depth, activation=activation
+        )
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments, JSON-serialisable; ``SkipRefiner(**config())`` rebuilds the architecture."""

@@ -52,10 +52,12 @@ class LabelProbe:
         if stratify is None:
             rng = np.random.default_rng(split_seed)
             perm = rng.permutation(len(idx))
-            n_val = max(1, int(round(len(idx) * self.val_fraction)))
+            n_val = max(1, round(len(idx) * self.val_fraction))
             val, fit = perm[:n_val], perm[n_val:]
         else:
-            splitter = StratifiedShuffleSplit(n_splits=1, test_size=self.val_fraction, random_state=split_seed)
+            splitter = StratifiedShuffleSplit(
+                n_splits=1, test_size=self.val_fraction, random_state=split_seed
+            )
             fit, val = next(splitter.split(idx, stratify))
         a, b = idx[fit], idx[val]
         if self.metric == "knn":
@@ -83,10 +85,15 @@ def select_candidate(
     the choice and the reason.
     """
     if reference not in candidates:
-        raise ValueError(f"the reference candidate {reference!r} must be among the candidates {sorted(candidates)}.")
+        raise ValueError(
+            f"the reference candidate {reference!r} must be among the candidates {sorted(candidates)}."
+        )
     if n_splits < 2:
         raise ValueError(f"n_splits must be >= 2 to estimate validation noise, got {n_splits}.")
-    scores = {name: [float(probe(vectors, split)) for split in range(n_splits)] for name, vectors in candidates.items()}
+    scores = {
+        name: [float(probe(vectors, split)) for split in range(n_splits)]
+        for name, vectors in candidates.items()
+    }
     for name, values in scores.items():
         if not np.all(np.isfinite(values)):
             raise ValueError(f"the probe returned a non-finite score for candidate {name!r}: {values}.")
@@ -110,7 +117,10 @@ def select_candidate(
     elif best == reference:
         chosen, reason = reference, f"no candidate scored above {reference}"
     else:
-        chosen, reason = reference, f"best candidate {best} gains {gain:.4f}, within {z} x noise {noise:.4f}: keeping {reference}"
+        chosen, reason = (
+            reference,
+            f"best candidate {best} gains {gain:.4f}, within {z} x noise {noise:.4f}: keeping {reference}",
+        )
     return {
         "candidates": table,
         "best": best,

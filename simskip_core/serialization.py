@@ -21,7 +21,9 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-def write_model_dir(path: str | Path, config: dict[str, Any], tensors: dict[str, torch.Tensor], *, overwrite: bool = False) -> Path:
+def write_model_dir(
+    path: str | Path, config: dict[str, Any], tensors: dict[str, torch.Tensor], *, overwrite: bool = False
+) -> Path:
     """Write ``config`` and ``tensors`` into the folder ``path`` atomically.
 
     Everything is written into a temporary sibling folder that is renamed into place only when
@@ -30,7 +32,9 @@ def write_model_dir(path: str | Path, config: dict[str, Any], tensors: dict[str,
     """
     target = Path(path).expanduser()
     if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists; choose a new folder or pass overwrite=True to replace it.")
+        raise FileExistsError(
+            f"{target} already exists; choose a new folder or pass overwrite=True to replace it."
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
@@ -66,11 +70,15 @@ def read_model_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Te
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CorruptModelError(f"{config_path} is not valid JSON ({error}); the saved model is corrupt.") from error
+        raise CorruptModelError(
+            f"{config_path} is not valid JSON ({error}); the saved model is corrupt."
+        ) from error
     if not isinstance(config, dict):
         raise CorruptModelError(f"{config_path} must hold a JSON object; the saved model is corrupt.")
     try:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as error:
-        raise CorruptModelError(f"{weights_path} is not a readable safetensors file ({error}); the saved model is corrupt.") from error
+        raise CorruptModelError(
+            f"{weights_path} is not a readable safetensors file ({error}); the saved model is corrupt."
+        ) from error
     return config, tensors

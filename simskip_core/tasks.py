@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,21 @@ import numpy as np
 
 from simskip_core.embeddings import EmbeddingSet
 
-__all__ = ["EvalResult", "ItemScores", "LoadOptions", "Method", "MethodOutput", "Task", "TaskData"]
+__all__ = [
+    "EvalResult",
+    "ItemScores",
+    "LoadOptions",
+    "Method",
+    "MethodOutput",
+    "Task",
+    "TaskData",
+    "default_cache_dir",
+]
+
+
+def default_cache_dir() -> Path:
+    """``$SIMSKIP_CACHE_DIR`` or ``~/.cache/simskip``: where base embeddings and trained encoders are cached."""
+    return Path(os.environ.get("SIMSKIP_CACHE_DIR", "~/.cache/simskip")).expanduser()
 
 
 @dataclass(frozen=True)
@@ -27,7 +42,7 @@ class LoadOptions:
     """
 
     quick: bool = False
-    cache_dir: Path = Path("~/.cache/simskip").expanduser()
+    cache_dir: Path = field(default_factory=lambda: default_cache_dir())
     use_cache: bool = True
     progress: bool = True
     seed: int = 0

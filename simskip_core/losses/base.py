@@ -55,4 +55,6 @@ class ContrastiveLoss(nn.Module):
                 f"the two views must be (B, k) tensors of equal shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}."
             )
         if z_a.shape[0] < 2:
-            raise ValueError("a contrastive loss needs a batch of at least 2 items (negatives come from the batch).")
+            raise ValueError(
+                "a contrastive loss needs a batch of at least 2 items (negatives come from the batch)."
+            )

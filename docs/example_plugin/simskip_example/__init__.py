@@ -1,0 +1,1 @@
+"""A minimal third-party simskip plugin (see docs/plugins.md)."""

@@ -1,0 +1,82 @@
+"""The simskip command: refine a .npy file, apply a saved model, errors, version, plugins."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from simskip_core import SimSkip, __version__
+from simskip_core.cli import main
+
+
+def test_refine_fit_save_and_apply(blobs, tmp_path, capsys) -> None:
+    x, _ = blobs
+    np.save(tmp_path / "in.npy", x)
+    code = main(
+        [
+            "refine",
+            str(tmp_path / "in.npy"),
+            str(tmp_path / "out.npy"),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "64",
+            "--save-model",
+            str(tmp_path / "model"),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["shape"] == [600, 16]
+    out = np.load(tmp_path / "out.npy")
+    assert np.array_equal(out, SimSkip.load(tmp_path / "model").transform(x))
+    assert (
+        main(
+            [
+                "refine",
+                str(tmp_path / "in.npy"),
+                str(tmp_path / "again.npy"),
+                "--model",
+                str(tmp_path / "model"),
+            ]
+        )
+        == 0
+    )
+    assert np.array_equal(np.load(tmp_path / "again.npy"), out)
+
+
+def test_refine_errors(tmp_path, capsys) -> None:
+    np.save(tmp_path / "ints.npy", np.zeros((10, 3), dtype=np.int32))
+    assert main(["refine", str(tmp_path / "ints.npy"), str(tmp_path / "o.npy"), "--quiet"]) == 1
+    assert "floating point" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["refine", str(tmp_path / "missing.npy"), str(tmp_path / "o.npy")])
+    (tmp_path / "o.npy").write_bytes(b"")
+    with pytest.raises(SystemExit, match="--overwrite"):
+        main(["refine", str(tmp_path / "ints.npy"), str(tmp_path / "o.npy")])
+
+
+def test_console_script_version_and_help() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "simskip_core.cli", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == f"simskip {__version__}"
+    helptext = subprocess.run(
+        [sys.executable, "-m", "simskip_core.cli", "refine", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "--save-model" in helptext and "--mode" in helptext
+
+
+def test_plugins_command_lists_builtin_plugins(capsys) -> None:
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    for name in ("text", "graph", "kg", "vision"):
+        assert name in out
