@@ -1,0 +1,370 @@
+"""The benchmark runner on tiny synthetic tasks registered at run time through a plugin object.
+
+The plugin manager is replaced by a fresh one holding only the synthetic plugin, so these tests do
+not load (or depend on) the real domain plugins.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pluggy
+import pytest
+
+from simskip_core import hooks, plugins
+from simskip_core.bench import BenchConfig, run_bench
+from simskip_core.embeddings import EmbeddingSet
+from simskip_core.errors import MissingDataError
+from simskip_core.evaluation import knn_correct, probe_correct, similarity_eval
+from simskip_core.hooks import hookimpl
+from simskip_core.select import LabelProbe
+from simskip_core.tasks import EvalResult, ItemScores, LoadOptions, Method, MethodOutput, Task, TaskData
+
+DEFAULTS = {
+    "epochs": 2,
+    "batch_size": 64,
+    "hidden_dim": 16,
+    "projector_dim": 8,
+    "patience": None,
+    "val_fraction": 0.0,
+}
+
+
+def _blobs(seed: int = 0) -> TaskData:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(3, 16)) * 2.0
+
+    def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.arange(n) % 3
+        return (centres[y] + rng.normal(size=(n, 16))).astype(np.float32), y.astype(np.int64)
+
+    xtr, ytr = sample(120)
+    xte, yte = sample(60)
+    return TaskData(train=EmbeddingSet(xtr, labels=ytr), test=EmbeddingSet(xte, labels=yte))
+
+
+def _words(seed: int = 0) -> TaskData:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(80, 8)).astype(np.float32)
+    pairs = rng.integers(0, 80, size=(60, 2))
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    gold = np.einsum("ij,ij->i", unit[pairs[:, 0]], unit[pairs[:, 1]]) + rng.normal(scale=0.3, size=60)
+    return TaskData(train=EmbeddingSet(x), test=EmbeddingSet(x), context={"pairs": pairs, "gold": gold})
+
+
+class SyntheticPlugin:
+    """Registers three tasks (one whose data is missing), evaluates them, and adds a counting method."""
+
+    def __init__(self, interrupt_on_call: int | None = None) -> None:
+        self.loads: Counter[str] = Counter()
+        self.runs: Counter[tuple[str, int]] = Counter()
+        self.calls = 0
+        self.interrupt_on_call = interrupt_on_call
+
+    def _load(self, name: str, make: Any) -> Any:
+        def load(options: LoadOptions) -> TaskData:
+            self.loads[name] += 1
+            return make(options.seed)
+
+        return load
+
+    @hookimpl
+    def simskip_register_tasks(self, register: Any) -> None:
+        register(
+            Task(
+                name="synthetic/blobs",
+                domain="synthetic",
+                description="three Gaussian blobs in 16-d",
+                source="generated",
+                load=self._load("synthetic/blobs", _blobs),
+                primary_metric="knn5_acc",
+                metrics=("knn5_acc", "probe_acc"),
+                defaults=DEFAULTS,
+            )
+        )
+        register(
+            Task(
+                name="synthetic/words",
+                domain="synthetic",
+                description="similarity of random pairs",
+                source="generated",
+                load=self._load("synthetic/words", _words),
+                primary_metric="spearman",
+                metrics=("spearman",),
+                defaults=DEFAULTS,
+            )
+        )
+
+        def missing(options: LoadOptions) -> TaskData:
+            raise MissingDataError("the synthetic corpus is not installed; fix: pip install synthetic-corpus")
+
+        register(
+            Task(
+                name="other/missing",
+                domain="other",
+                description="data that is not installed",
+                source="nowhere",
+                load=missing,
+                primary_metric="knn5_acc",
+                metrics=("knn5_acc",),
+            )
+        )
+        register(
+            Task(
+                name="other/slow",
+                domain="other",
+                description="a full-suite-only task",
+                source="generated",
+                load=self._load("other/slow", _blobs),
+                primary_metric="knn5_acc",
+                metrics=("knn5_acc", "probe_acc"),
+                quick=False,
+            )
+        )
+
+    @hookimpl
+    def simskip_evaluate(
+        self, task: Task, data: TaskData, train: np.ndarray, test: np.ndarray, seed: int
+    ) -> EvalResult | None:
+        if task.name == "synthetic/words":
+            return similarity_eval(test, data.context["pairs"], data.context["gold"])
+        if task.domain not in {"synthetic", "other"}:
+            return None
+        assert data.train.labels is not None and data.test.labels is not None
+        knn = knn_correct(train, data.train.labels, test, data.test.labels, k=5).astype(np.float64)
+        probe, _ = probe_correct(train, data.train.labels, test, data.test.labels, cs=(1.0,), seed=seed)
+        return EvalResult(
+            metrics={"knn5_acc": float(knn.mean()), "probe_acc": float(probe.mean())},
+            items={
+                "knn5_acc": ItemScores("mean", knn),
+                "probe_acc": ItemScores("mean", probe.astype(np.float64)),
+            },
+        )
+
+    @hookimpl
+    def simskip_pair_signals(self, task: Task, data: TaskData) -> dict[str, np.ndarray] | None:
+        if task.name != "synthetic/blobs":
+            return None
+        n = len(data.train)
+        return {"chain": np.stack([np.arange(n - 3), np.arange(3, n)], axis=1)}
+
+    @hookimpl
+    def simskip_default_probe(self, task: Task, data: TaskData) -> Any:
+        if task.name == "synthetic/blobs" and data.train.labels is not None:
+            return LabelProbe(data.train.labels)
+        return None
+
+    @hookimpl
+    def simskip_task_methods(self, task: Task) -> list[Method] | None:
+        if task.name != "synthetic/blobs":
+            return None
+
+        def run(task: Task, data: TaskData, seed: int, state: dict[str, Any]) -> MethodOutput:
+            self.calls += 1
+            if self.interrupt_on_call is not None and self.calls == self.interrupt_on_call:
+                raise KeyboardInterrupt
+            self.runs[(task.name, seed)] += 1
+            return MethodOutput(train=data.train.vectors * 2.0, test=data.test.vectors * 2.0)
+
+        return [Method("counting", "baseline", False, run, description="x -> 2x, counts its runs")]
+
+
+@pytest.fixture
+def plugin(monkeypatch: pytest.MonkeyPatch) -> SyntheticPlugin:
+    manager = pluggy.PluginManager(hooks.PROJECT)
+    manager.add_hookspecs(hooks)
+    synthetic = SyntheticPlugin()
+    manager.register(synthetic, name="synthetic-test-plugin")
+    monkeypatch.setattr(plugins, "_manager", manager)
+    return synthetic
+
+
+def _config(tmp_path: Path, **kwargs: Any) -> BenchConfig:
+    base: dict[str, Any] = {
+        "out": tmp_path / "run",
+        "seeds": (0, 1),
+        "quiet": True,
+        "cache_dir": tmp_path / "cache",
+        "n_boot": 200,
+    }
+    base.update(kwargs)
+    return BenchConfig(**base)
+
+
+def test_full_run_writes_outputs_and_skips_missing_data(plugin: SyntheticPlugin, tmp_path: Path) -> None:
+    config = _config(tmp_path, plots=True)
+    result = run_bench(config)
+    out = config.out
+    assert result.failures == 0, result.run["failures"]
+
+    run = json.loads((out / "run.json").read_text())
+    statuses = {s["task"]: s for s in run["tasks"]}
+    assert set(statuses) == {
+        "synthetic/blobs",
+        "synthetic/words",
+        "other/missing",
+    }  # other/slow: full suite only
+    assert statuses["other/missing"]["status"] == "skipped"
+    assert "pip install synthetic-corpus" in statuses["other/missing"]["reason"]
+    assert run["environment"]["packages"]["torch"]
+    assert "commit" in run["environment"]["git"]
+    assert run["environment"]["gemm_gflops_float32"] > 0
+
+    blobs = next(s for s in run["summaries"] if s["task"] == "synthetic/blobs")
+    rows = blobs["rows"]
+    for name in (
+        "identity",
+        "centerl2",
+        "whitening",
+        "allbutthetop",
+        "simskip-ntxent",
+        "simskip-studentt",
+        "simskip-difficulty",
+        "simskip-pairs",
+        "simskip-multisimilarity",
+        "random-residual",
+        "simskip-auto",
+        "fewlabel-probe",
+        "fewlabel-adapter",
+        "fewlabel-simskip",
+        "counting",
+    ):
+        assert name in rows, name
+    assert rows["identity"]["deterministic"] and rows["simskip-ntxent"]["n_runs"] == 2
+    assert rows["simskip-auto"]["section"] == "label-using"  # its probe reads labels
+    assert rows["fewlabel-simskip"]["comparisons"]["vs_fewlabel_probe"]["metric"] == "kshot_probe_acc"
+    assert rows["simskip-ntxent"]["comparisons"]["vs_identity"]["outcome"] in {"win", "tie", "loss"}
+    assert blobs["verdict"].startswith("best label-free method")
+
+    # the random-residual control matches the trained refiner's displacement in the same (task, seed) cell
+    cells = {(c["task"], c["method"], c["seed"]): c for c in run["cells"]}
+    for seed in (0, 1):
+        trained = cells[("synthetic/blobs", "simskip-ntxent", seed)]["info"]["mean_shift"]
+        control = cells[("synthetic/blobs", "random-residual", seed)]["info"]["target_shift"]
+        assert control == pytest.approx(trained)
+    cell = cells[("synthetic/blobs", "simskip-ntxent", 0)]
+    assert cell["timings"]["fit_seconds"] > 0 and cell["timings"]["apply_items_per_second"] > 0
+    assert cell["memory"]["peak_rss_mb"] > 0
+
+    # the similarity task has no labels and no pairs: those rows are reported as not applicable
+    na = {(d["task"], d["method"]) for d in run["not_applicable"]}
+    assert ("synthetic/words", "fewlabel-simskip") in na and (
+        "synthetic/words",
+        "simskip-multisimilarity",
+    ) in na
+
+    with open(out / "results.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert {"task", "method", "metric", "mean", "std", "p_holm_vs_identity"} <= set(table[0])
+    assert any(
+        r["method"] == "simskip-ntxent" and r["metric"] == "knn5_acc" and r["diff_vs_identity"] for r in table
+    )
+    with open(out / "cells.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) >= len(run["cells"])
+
+    markdown = (out / "results.md").read_text()
+    for heading in (
+        "## Label-free methods",
+        "## Label-using methods",
+        "## Skipped tasks",
+        "### synthetic/blobs",
+    ):
+        assert heading in markdown
+    assert "pip install synthetic-corpus" in markdown
+    assert markdown == result.markdown
+    pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert "bars-synthetic__blobs.png" in pngs and "projection-synthetic.png" in pngs
+    for png in (out / "plots").glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![synthetic/blobs](plots/bars-synthetic__blobs.png)" in markdown
+
+
+def test_resume_does_not_redo_finished_cells(plugin: SyntheticPlugin, tmp_path: Path) -> None:
+    methods = ("simskip-ntxent", "random-residual", "counting")
+    config = _config(tmp_path, tasks=("synthetic/blobs",), methods=methods, seeds=(0, 1, 2), plots=False)
+    plugin.interrupt_on_call = 2  # the counting method is interrupted on its second call (seed 1)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(config)
+    assert plugin.runs == Counter({("synthetic/blobs", 0): 1})
+    assert plugin.loads["synthetic/blobs"] == 1
+    done = sorted(
+        p.relative_to(config.out / "cells").as_posix() for p in (config.out / "cells").rglob("*.json")
+    )
+    assert (
+        "synthetic__blobs/counting/seed-0.json" in done
+        and "synthetic__blobs/counting/seed-1.json" not in done
+    )
+
+    plugin.interrupt_on_call = None
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_bench(config)  # an existing run folder needs resume=True
+    first = json.loads((config.out / "cells/synthetic__blobs/simskip-ntxent/seed-0.json").read_text())
+    result = run_bench(config, resume=True)
+    assert result.failures == 0
+    # seed 0 of the counting method was not recomputed; seeds 1 and 2 ran once each
+    assert plugin.runs == Counter(
+        {("synthetic/blobs", 0): 1, ("synthetic/blobs", 1): 1, ("synthetic/blobs", 2): 1}
+    )
+    again = json.loads((config.out / "cells/synthetic__blobs/simskip-ntxent/seed-0.json").read_text())
+    assert again == first
+    rows = result.summaries[0]["rows"]
+    assert rows["counting"]["n_runs"] == 3 and rows["simskip-ntxent"]["n_runs"] == 3
+
+    # a third run finds every cell done and does not even load the task
+    loads = plugin.loads["synthetic/blobs"]
+    run_bench(config, resume=True)
+    assert plugin.loads["synthetic/blobs"] == loads
+    assert sum(plugin.runs.values()) == 3
+
+
+def test_unknown_names_list_the_valid_ones(plugin: SyntheticPlugin, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown task 'nope'.*synthetic/blobs.*synthetic/words"):
+        run_bench(_config(tmp_path, tasks=("nope",)))
+    with pytest.raises(ValueError, match=r"unknown method 'simskip-nope'.*counting.*simskip-ntxent"):
+        run_bench(_config(tmp_path, methods=("simskip-nope",)))
+    with pytest.raises(ValueError, match=r"unknown domain 'vision'.*other, synthetic"):
+        run_bench(_config(tmp_path, domains=("vision",)))
+
+
+def test_cli_lists_errors_and_filters(
+    plugin: SyntheticPlugin, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simskip_core.cli import main
+
+    assert main(["bench", "--task", "nope", "--out", str(tmp_path / "x")]) == 1
+    assert (
+        "valid tasks: other/missing, other/slow, synthetic/blobs, synthetic/words" in capsys.readouterr().err
+    )
+    assert main(["bench", "--list", "--domain", "synthetic"]) == 0
+    listed = capsys.readouterr().out
+    assert "synthetic/blobs" in listed and "other/missing" not in listed
+    out = tmp_path / "cli"
+    code = main(
+        [
+            "bench",
+            "--task",
+            "synthetic/words",
+            "--method",
+            "whitening",
+            "--seeds",
+            "0",
+            "--out",
+            str(out),
+            "--quiet",
+            "--no-plots",
+            "--bootstrap",
+            "200",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| whitening |" in printed and "identity" in printed and "simskip-ntxent" not in printed
+    config = json.loads((out / "config.json").read_text())
+    assert config["seeds"] == [0] and config["methods"] == ["whitening"]
