@@ -129,7 +129,9 @@ class DifficultyAwareLoss(ContrastiveLoss):
         if features is None:
             return z
         if not isinstance(features, (tuple, list)) or len(features) != 2:
-            raise ValueError("features must be the pair (h_a, h_b) of pre-projector features of the two views.")
+            raise ValueError(
+                "features must be the pair (h_a, h_b) of pre-projector features of the two views."
+            )
         h_a, h_b = features
         if h_a.ndim != 2 or h_a.shape != h_b.shape or h_a.shape[0] != batch:
             raise ValueError(
@@ -193,7 +195,9 @@ class DifficultyAwareLoss(ContrastiveLoss):
         if "margin" in self.treatments:
             cos = cos + self.sigma * flags.to(cos.dtype)
         if "temperature" in self.treatments:
-            tau = torch.full_like(cos, self.temperature).masked_fill(flags, self.rho * self.temperature)  # (2B, 2B)
+            tau = torch.full_like(cos, self.temperature).masked_fill(
+                flags, self.rho * self.temperature
+            )  # (2B, 2B)
             logits = cos / tau
         else:
             logits = cos / self.temperature

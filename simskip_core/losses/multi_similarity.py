@@ -111,7 +111,9 @@ class MultiSimilarityLoss(ContrastiveLoss):
         if feature_dim < 1:
             raise ValueError(f"feature_dim must be >= 1, got {feature_dim}.")
         if isinstance(signal_names, str):
-            raise TypeError(f"signal_names must be a sequence of names, got the string {signal_names!r}; wrap it in a list.")
+            raise TypeError(
+                f"signal_names must be a sequence of names, got the string {signal_names!r}; wrap it in a list."
+            )
         names = [VIEWS, *dict.fromkeys(n for n in signal_names if n != VIEWS)]
         if len(names) == 1:
             raise ValueError(
@@ -138,7 +140,9 @@ class MultiSimilarityLoss(ContrastiveLoss):
     def weights(self) -> dict[str, float]:
         """Current weight exp(-2 s_c) = 1 / sigma_c^2 of each signal's term, by signal name."""
         log_sigma = self._require_setup()
-        return {name: math.exp(-2.0 * float(s)) for name, s in zip(self.signal_names, log_sigma.detach().cpu())}
+        return {
+            name: math.exp(-2.0 * float(s)) for name, s in zip(self.signal_names, log_sigma.detach().cpu())
+        }
 
     def signal_losses(
         self, features: tuple[torch.Tensor, torch.Tensor], signals: Mapping[str, torch.Tensor]
@@ -146,7 +150,9 @@ class MultiSimilarityLoss(ContrastiveLoss):
         """(C,) unweighted contrastive term L_c of each signal, in the order of :attr:`signal_names`."""
         self._require_setup()
         if not isinstance(features, (tuple, list)) or len(features) != 2:
-            raise ValueError("features must be the pair (h_a, h_b) of pre-projector features of the two views.")
+            raise ValueError(
+                "features must be the pair (h_a, h_b) of pre-projector features of the two views."
+            )
         h_a, h_b = features
         if h_a.ndim != 2 or h_a.shape != h_b.shape or h_a.shape[1] != self.feature_dim:
             raise ValueError(
@@ -155,7 +161,9 @@ class MultiSimilarityLoss(ContrastiveLoss):
             )
         batch = h_a.shape[0]
         if batch < 2:
-            raise ValueError("a contrastive loss needs a batch of at least 2 items (negatives come from the batch).")
+            raise ValueError(
+                "a contrastive loss needs a batch of at least 2 items (negatives come from the batch)."
+            )
         expected = set(self.signal_names) - {VIEWS}
         missing = sorted(expected - set(signals))
         unknown = sorted(set(signals) - expected - {VIEWS})
@@ -167,7 +175,9 @@ class MultiSimilarityLoss(ContrastiveLoss):
         h = torch.cat([h_a, h_b], dim=0)  # (2B, d)
         terms = []
         for name, head in zip(self.signal_names, self.heads):
-            extra = None if name == VIEWS else check_pair_mask(signals[name], batch, name=f"signals[{name!r}]")
+            extra = (
+                None if name == VIEWS else check_pair_mask(signals[name], batch, name=f"signals[{name!r}]")
+            )
             u = F.normalize(head(h), dim=1)  # (2B, projection_dim)
             logits = u @ u.T / self.temperature  # (2B, 2B)
             terms.append(multi_positive_infonce(logits, views_mask(batch, extra, h.device)))
@@ -184,7 +194,9 @@ class MultiSimilarityLoss(ContrastiveLoss):
     ) -> torch.Tensor:
         """Return sum_c exp(-2 s_c) * L_c + s_c; needs ``features`` and ``signals`` (see the class docstring)."""
         if signals is None or features is None:
-            missing = [name for name, value in (("signals", signals), ("features", features)) if value is None]
+            missing = [
+                name for name, value in (("signals", signals), ("features", features)) if value is None
+            ]
             names = list(self.signal_names[1:]) or "each pair signal"
             raise ValueError(
                 f"MultiSimilarityLoss needs signals= (a dict of (B, B) bool masks, one for {names}) "

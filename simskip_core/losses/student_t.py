@@ -59,7 +59,9 @@ class StudentTLoss(ContrastiveLoss):
     def __init__(self, nu: float = 1.0, temperature: float = 1.0, eps: float = 1e-5) -> None:
         super().__init__()
         if not nu > 0:
-            raise ValueError(f"nu (degrees of freedom) must be > 0, got {nu}; nu=1 is the Cauchy kernel of t-SimCLR.")
+            raise ValueError(
+                f"nu (degrees of freedom) must be > 0, got {nu}; nu=1 is the Cauchy kernel of t-SimCLR."
+            )
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}; it scales the squared distances.")
         if not eps > 0:
