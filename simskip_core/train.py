@@ -7,6 +7,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,9 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from simskip_core.augment import Augmentation
+from simskip_core import distributed as _dist
+from simskip_core.augment import Augmentation, Compose, FeatureMask, GaussianNoise
 from simskip_core.errors import CorruptModelError
 from simskip_core.losses.base import ContrastiveLoss
 from simskip_core.pairs import PairSignal
@@ -45,6 +49,18 @@ class TrainConfig:
         progress: show a tqdm progress bar.
         checkpoint_dir: write a checkpoint there after every epoch.
         resume: continue from the checkpoint in ``checkpoint_dir`` when one exists.
+        distributed: train with DistributedDataParallel across the ranks of the initialised
+            torch.distributed process group (launch with ``torchrun``, see :mod:`simskip_core.distributed`).
+            None (default): on exactly when a process group of more than one process is initialised.
+            ``batch_size`` is then the global batch: every rank draws the same batch order and
+            augmentation noise from ``seed``, computes its contiguous slice of each batch, and the
+            loss sees the whole batch (negatives gathered across ranks), so the weights match a
+            single-process run with the same seed. Only rank 0 shows progress and writes checkpoints.
+        device: where to compute ("cpu", "cuda", "cuda:1", ...). None: this rank's GPU when CUDA is
+            available, else the CPU. Batches and augmentations are drawn on the CPU (same random
+            numbers on every device); the refiner is moved back to its original device at the end.
+        augment_fit_rows: fit augmentation statistics (per-dimension std) on a seeded sample of this many
+            training rows instead of all of them, for inputs too large to hold in memory (None: all rows).
     """
 
     epochs: int = 50
@@ -59,12 +75,17 @@ class TrainConfig:
     progress: bool = True
     checkpoint_dir: str | None = None
     resume: bool = False
+    distributed: bool | None = None
+    device: str | None = None
+    augment_fit_rows: int | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}.")
         if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (negatives come from the batch), got {self.batch_size}.")
+            raise ValueError(
+                f"batch_size must be >= 2 (negatives come from the batch), got {self.batch_size}."
+            )
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}.")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -75,12 +96,25 @@ class TrainConfig:
             raise ValueError(f"pair_fraction must be in [0, 1), got {self.pair_fraction}.")
         if self.resume and not self.checkpoint_dir:
             raise ValueError("resume=True needs checkpoint_dir, the folder the checkpoint was written to.")
+        if self.augment_fit_rows is not None and self.augment_fit_rows < 2:
+            raise ValueError(
+                f"augment_fit_rows must be >= 2 or None (all training rows), got {self.augment_fit_rows}."
+            )
+        if self.device is not None:
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as error:
+                raise ValueError(
+                    f"device {self.device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'."
+                ) from error
 
 
 class _Batches:
     """Draws batches of row indices; with pair signals, part of each batch are partners of the rest."""
 
-    def __init__(self, rows: torch.Tensor, signals: Sequence[PairSignal], config: TrainConfig, n: int) -> None:
+    def __init__(
+        self, rows: torch.Tensor, signals: Sequence[PairSignal], config: TrainConfig, n: int
+    ) -> None:
         self.rows = rows
         self.signals = list(signals)
         self.batch_size = config.batch_size
@@ -114,7 +148,9 @@ class _Batches:
         return torch.cat([anchors, torch.where(ok, partners, fallback)])
 
 
-def _masks(index: torch.Tensor, signals: Sequence[PairSignal]) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+def _masks(
+    index: torch.Tensor, signals: Sequence[PairSignal]
+) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
     """Union positive mask and per-signal masks of a batch; the same item drawn twice is always positive."""
     same = index[:, None] == index[None, :]
     same.fill_diagonal_(False)
@@ -127,21 +163,127 @@ def _masks(index: torch.Tensor, signals: Sequence[PairSignal]) -> tuple[torch.Te
     return (union if union.any() else None), per_signal
 
 
-def _batch_loss(
-    x: torch.Tensor,
+class _Rows:
+    """Reads rows of the input as float32 CPU tensors; memmaps and non-float32 arrays are read lazily, row by row."""
+
+    def __init__(self, x: Any) -> None:
+        self.shape = tuple(x.shape)
+        self.tensor: torch.Tensor | None = None
+        self.array: np.ndarray | None = None
+        if isinstance(x, torch.Tensor):
+            self.tensor = x.detach().to("cpu", torch.float32)
+        elif isinstance(x, np.ndarray) and not isinstance(x, np.memmap) and x.dtype == np.float32:
+            self.tensor = torch.from_numpy(np.ascontiguousarray(x))
+        else:
+            self.array = x
+
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        """Rows ``index`` (k,) as a (k, d) float32 tensor, in the order given."""
+        if self.tensor is not None:
+            return self.tensor[index]
+        assert self.array is not None
+        return torch.from_numpy(np.ascontiguousarray(self.array[index.numpy()], dtype=np.float32))
+
+
+def _rowwise(augmentation: Augmentation) -> bool:
+    """True when the augmentation treats rows independently and draws random numbers by shape only.
+
+    Such augmentations can run on the global batch with other ranks' rows left as zeros: the local
+    rows get exactly the values a single process would give them. Plugins declare it with a class
+    attribute ``rowwise = True``; unknown augmentations are assumed not to be, and then every rank
+    reads the whole global batch.
+    """
+    flag = getattr(augmentation, "rowwise", None)
+    if flag is not None:
+        return bool(flag)
+    if isinstance(augmentation, Compose):
+        return all(_rowwise(a) for a in augmentation.augmentations)
+    return type(augmentation) in (FeatureMask, GaussianNoise)
+
+
+class _Step(nn.Module):
+    """One batch's loss: refiner -> projector on the local views, gather across ranks, loss on the global batch.
+
+    Wrapping this module (not just the refiner) in DDP puts the loss's own parameters (projection
+    heads, uncertainty weights) under DDP's gradient averaging too.
+    """
+
+    def __init__(self, refiner: SkipRefiner, loss_fn: ContrastiveLoss, signals: Sequence[PairSignal]) -> None:
+        super().__init__()
+        self.refiner = refiner
+        self.loss_fn = loss_fn
+        self.signals = list(signals)
+
+    def forward(
+        self,
+        view_a: torch.Tensor,
+        view_b: torch.Tensor,
+        index: torch.Tensor,
+        sizes: list[int] | None = None,
+    ) -> torch.Tensor:
+        h_a, h_b = self.refiner(view_a), self.refiner(view_b)  # (b, d)
+        z_a, z_b = self.refiner.project(h_a), self.refiner.project(h_b)  # (b, k)
+        if sizes is not None:
+            # One collective for all four: the loss sees the global batch, gradients stay exact.
+            widths = [z_a.shape[1], z_b.shape[1], h_a.shape[1], h_b.shape[1]]
+            packed = _dist.gather_with_grad(torch.cat([z_a, z_b, h_a, h_b], dim=1), sizes)  # (B, 2k + 2d)
+            z_a, z_b, h_a, h_b = torch.split(packed, widths, dim=1)
+            index = _dist.gather_without_grad(index, sizes)  # (B,)
+        positives, per_signal = _masks(index.cpu(), self.signals)
+        device = z_a.device
+        if device.type != "cpu":
+            positives = None if positives is None else positives.to(device)
+            per_signal = {k: v.to(device) for k, v in per_signal.items()}
+        return self.loss_fn(z_a, z_b, positives=positives, features=(h_a, h_b), signals=per_signal)
+
+
+def _views(
+    rows: _Rows,
     index: torch.Tensor,
-    refiner: SkipRefiner,
-    loss_fn: ContrastiveLoss,
+    lo: int,
+    hi: int,
     augmentation: Augmentation,
-    signals: Sequence[PairSignal],
     generator: torch.Generator,
-) -> torch.Tensor:
-    batch = x[index]  # (B, d)
+    rowwise: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two augmented views of batch rows ``index[lo:hi]``, drawn as if the whole batch ``index`` were augmented.
+
+    The random numbers of the whole global batch are drawn on every rank (the generator stays in step
+    across ranks and with a single-process run); only rows ``lo:hi`` are read from the input when the
+    augmentation is row-wise.
+    """
+    if lo == 0 and hi == len(index):
+        batch = rows.take(index)
+    elif rowwise:
+        batch = torch.zeros((len(index), rows.shape[1]), dtype=torch.float32)
+        batch[lo:hi] = rows.take(index[lo:hi])
+    else:
+        batch = rows.take(index)
     view_a, view_b = augmentation(batch, generator), augmentation(batch, generator)
-    h_a, h_b = refiner(view_a), refiner(view_b)  # (B, d)
-    z_a, z_b = refiner.project(h_a), refiner.project(h_b)  # (B, k)
-    positives, per_signal = _masks(index, signals)
-    return loss_fn(z_a, z_b, positives=positives, features=(h_a, h_b), signals=per_signal)
+    return view_a[lo:hi], view_b[lo:hi]
+
+
+def _batch_loss(
+    rows: _Rows,
+    index: torch.Tensor,
+    step: _Step | DistributedDataParallel,
+    augmentation: Augmentation,
+    generator: torch.Generator,
+    device: torch.device,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    rowwise: bool = True,
+) -> torch.Tensor:
+    """The loss of batch ``index``; with ``world_size > 1`` this rank computes its slice and the loss is global."""
+    sizes = _dist.split_sizes(len(index), world_size) if world_size > 1 else None
+    lo = sum(sizes[:rank]) if sizes else 0
+    hi = lo + sizes[rank] if sizes else len(index)
+    view_a, view_b = _views(rows, index, lo, hi, augmentation, generator, rowwise)
+    local = index[lo:hi]
+    if device.type != "cpu":
+        view_a, view_b, local = (t.to(device, non_blocking=True) for t in (view_a, view_b, local))
+    return step(view_a, view_b, local, sizes)
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -171,7 +313,10 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 def _save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for suffix, writer in (
-        (".safetensors", lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, p)),
+        (
+            ".safetensors",
+            lambda p: save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, p),
+        ),
         (".json", lambda p: Path(p).write_text(json.dumps(meta), encoding="utf-8")),
     ):
         fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
@@ -191,7 +336,9 @@ def _load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     try:
         return load_file(str(weights)), json.loads(meta_path.read_text(encoding="utf-8"))
     except Exception as error:
-        raise CorruptModelError(f"the checkpoint in {folder} is unreadable ({error}); delete it to start afresh.") from error
+        raise CorruptModelError(
+            f"the checkpoint in {folder} is unreadable ({error}); delete it to start afresh."
+        ) from error
 
 
 def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -201,6 +348,36 @@ def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Te
 def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     start = len(prefix) + 1
     return {k[start:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def _resolve_distributed(config: TrainConfig) -> _dist.DistInfo:
+    if config.distributed is False:
+        return _dist.DistInfo()
+    if config.distributed and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise RuntimeError(
+            "TrainConfig(distributed=True) needs an initialised torch.distributed process group: launch the script "
+            "with torchrun and call simskip_core.distributed.init_distributed() before fitting."
+        )
+    info = _dist.dist_info()
+    return info if info.world_size > 1 else _dist.DistInfo()
+
+
+def _resolve_device(config: TrainConfig, info: _dist.DistInfo) -> torch.device:
+    if config.device is None:
+        return _dist.default_device(info)
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device {config.device!r} was asked for but CUDA is not available; pass device='cpu'."
+        )
+    return device
+
+
+def _home_device(*modules: nn.Module) -> torch.device:
+    for module in modules:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            return tensor.device
+    return torch.device("cpu")
 
 
 def fit_refiner(
@@ -215,15 +392,23 @@ def fit_refiner(
 ) -> list[dict[str, Any]]:
     """Train ``refiner`` (and the loss's own parameters) on the rows of ``x``; return the history.
 
+    ``x`` may be a numpy array, an ``np.memmap`` (rows are read batch by batch) or a torch tensor.
     A ``val_fraction`` share of rows is held out; after each epoch the validation criterion is the
     contrastive loss on those rows with fixed augmentations (lower is better), or ``val_score(refiner)``
     when given (higher is better). Training stops after ``patience`` epochs without improvement and the
     best weights are restored. The refiner is left in eval mode.
+
+    Under ``torchrun`` (see ``TrainConfig.distributed``) every rank calls this with the same arguments;
+    the ranks share each global batch, validation runs on rank 0 (``val_score`` too) and its result is
+    broadcast, and only rank 0 writes checkpoints. Every rank returns the same weights and history.
     """
+    info = _resolve_distributed(config)
+    world, rank = info.world_size, info.rank
+    device = _resolve_device(config, info)
     n = x.shape[0]
     generator = torch.Generator().manual_seed(config.seed)
     perm = torch.randperm(n, generator=generator)
-    n_val = int(round(n * config.val_fraction)) if config.val_fraction else 0
+    n_val = round(n * config.val_fraction) if config.val_fraction else 0
     if 0 < n_val < 2:
         n_val = 0
     val_rows, train_rows = perm[:n_val].sort().values, perm[n_val:]
@@ -232,12 +417,41 @@ def fit_refiner(
             f"only {len(train_rows)} training rows (after holding out {n_val} for validation) but batch_size is "
             f"{config.batch_size}; pass batch_size <= {len(train_rows)} or more rows."
         )
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    augmentation.fit(xt[train_rows])
+    if config.batch_size < world:
+        raise ValueError(
+            f"batch_size {config.batch_size} is smaller than the {world} ranks; every rank needs rows of each "
+            f"batch, so pass batch_size >= {world} (it is the global batch, split across ranks)."
+        )
+    rows = _Rows(x)
+    fit_rows = train_rows
+    if config.augment_fit_rows is not None and config.augment_fit_rows < len(train_rows):
+        sampler = torch.Generator().manual_seed(config.seed + 2)
+        pick = torch.randperm(len(train_rows), generator=sampler)[: config.augment_fit_rows]
+        fit_rows = train_rows[pick].sort().values
+    augmentation.fit(rows.take(fit_rows))
+    rowwise = _rowwise(augmentation)
     loss_fn.setup(feature_dim=refiner.dim, signal_names=["views", *[s.name for s in signals]])
+    home = _home_device(refiner, loss_fn)
+    refiner.to(device)
+    loss_fn.to(device)
     params = [p for module in (refiner, loss_fn) for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     batches = _Batches(train_rows, signals, config, n)
+    step = _Step(refiner, loss_fn, signals)
+    engine: _Step | DistributedDataParallel = step
+    if world > 1:
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in refiner.modules()):
+            warnings.warn(
+                "norm='batch' under distributed training normalises with each rank's slice of the batch, so "
+                "results differ from a single-process run; use norm='layer' for rank-independent results.",
+                stacklevel=2,
+            )
+        has_loss_params = any(p.requires_grad for p in loss_fn.parameters())
+        engine = DistributedDataParallel(
+            step,
+            device_ids=[device.index or 0] if device.type == "cuda" else None,
+            find_unused_parameters=has_loss_params,
+        )
 
     history: list[dict[str, Any]] = []
     best: float | None = None
@@ -258,7 +472,12 @@ def fit_refiner(
                     "refiner": _unprefixed("best.refiner", tensors),
                     "loss": _unprefixed("best.loss", tensors),
                 }
-            history, best, bad_epochs, start_epoch = meta["history"], meta["best"], meta["bad_epochs"], meta["epoch"]
+            history, best, bad_epochs, start_epoch = (
+                meta["history"],
+                meta["best"],
+                meta["bad_epochs"],
+                meta["epoch"],
+            )
 
     def validation() -> float:
         if val_score is not None:
@@ -272,13 +491,19 @@ def fit_refiner(
         with torch.no_grad():
             size = min(config.batch_size, n_val)
             losses = [
-                _batch_loss(xt, val_rows[i : i + size], refiner, loss_fn, augmentation, signals, val_gen).item()
+                _batch_loss(rows, val_rows[i : i + size], step, augmentation, val_gen, device).item()
                 for i in range(0, n_val - size + 1, size)
             ]
         return float(np.mean(losses))
 
     higher_is_better = val_score is not None
-    bar = tqdm(total=config.epochs, initial=start_epoch, desc="simskip fit", unit="epoch", disable=not config.progress)
+    bar = tqdm(
+        total=config.epochs,
+        initial=start_epoch,
+        desc="simskip fit" if world == 1 else f"simskip fit ({world} ranks)",
+        unit="epoch",
+        disable=not config.progress or not info.is_main,
+    )
     try:
         for epoch in range(start_epoch, config.epochs):
             tic = time.perf_counter()
@@ -286,13 +511,30 @@ def fit_refiner(
             loss_fn.train()
             losses = []
             for index in batches.epoch(generator):
-                loss = _batch_loss(xt, index, refiner, loss_fn, augmentation, signals, generator)
+                loss = _batch_loss(
+                    rows,
+                    index,
+                    engine,
+                    augmentation,
+                    generator,
+                    device,
+                    rank=rank,
+                    world_size=world,
+                    rowwise=rowwise,
+                )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 losses.append(loss.item())
-            score = validation()
-            record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val": score, "seconds": time.perf_counter() - tic}
+            score = validation() if info.is_main else float("nan")
+            if world > 1:
+                score = _dist.broadcast_float(score, device=device if device.type == "cuda" else None)
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": float(np.mean(losses)),
+                "val": score,
+                "seconds": time.perf_counter() - tic,
+            }
             history.append(record)
             bar.update(1)
             bar.set_postfix(loss=f"{record['train_loss']:.4f}", val=f"{score:.4f}")
@@ -301,7 +543,9 @@ def fit_refiner(
                     f"training loss became {record['train_loss']} at epoch {epoch + 1}; lower lr or check the input scale."
                 )
             if np.isfinite(score):
-                improved = best is None or (score > best + config.min_delta if higher_is_better else score < best - config.min_delta)
+                improved = best is None or (
+                    score > best + config.min_delta if higher_is_better else score < best - config.min_delta
+                )
                 if improved:
                     best, bad_epochs = score, 0
                     best_state = {
@@ -310,7 +554,7 @@ def fit_refiner(
                     }
                 else:
                     bad_epochs += 1
-            if folder is not None:
+            if folder is not None and info.is_main:
                 opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
                 tensors = {
                     **_prefixed("refiner", refiner.state_dict()),
@@ -334,9 +578,12 @@ def fit_refiner(
                 break
     finally:
         bar.close()
+        del engine
     if best_state is not None:
         refiner.load_state_dict(best_state["refiner"])
         loss_fn.load_state_dict(best_state["loss"])
+    refiner.to(home)
+    loss_fn.to(home)
     refiner.eval()
     loss_fn.eval()
     return history

@@ -1,0 +1,390 @@
+"""Scaling out on ``torch.distributed``: process-group setup under ``torchrun``, a gradient-keeping gather.
+
+simskip does not ship an engine of its own. Training runs under ``torchrun`` with PyTorch's
+DistributedDataParallel (gloo on CPU, nccl on GPU); :func:`simskip_core.train.fit_refiner` switches to
+it by itself when a process group is initialised (``TrainConfig.distributed``). Negatives are shared
+across ranks by :func:`gather_with_grad`, in the style of lightly's ``gather_distributed``: every rank
+sees the projections of the whole global batch, computes the loss on it, and the backward pass
+all-reduces the gradients of the gathered tensors so that, after DDP's averaging, every parameter gets
+exactly the gradient of the single-process loss on the concatenated batch.
+
+Command line (one process per GPU or per CPU socket)::
+
+    torchrun --nproc_per_node=2 -m simskip_core.distributed train emb.npy --save-model my-refiner
+    torchrun --nproc_per_node=2 -m simskip_core.distributed apply --model my-refiner emb.npy refined.npy
+
+``train`` reads the input as a memmap (every rank reads only the rows of its slice of each batch);
+``apply`` streams the input through the model, each rank writing a disjoint row range of one output
+file (see :mod:`simskip_core.stream`). Only rank 0 writes checkpoints and the saved model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "DistInfo",
+    "barrier",
+    "broadcast_float",
+    "default_device",
+    "destroy_distributed",
+    "dist_info",
+    "gather_with_grad",
+    "gather_without_grad",
+    "init_distributed",
+    "is_distributed",
+    "is_main_process",
+    "main",
+    "split_sizes",
+]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job.
+
+    Attributes:
+        rank: global rank (0 is the main process).
+        world_size: number of processes.
+        local_rank: rank on this node (selects the GPU).
+        backend: the process group's backend ("gloo", "nccl") or None when not distributed.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the process that writes checkpoints, models and reports."""
+        return self.rank == 0
+
+
+def is_distributed() -> bool:
+    """True when a torch.distributed process group with more than one process is initialised."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def dist_info() -> DistInfo:
+    """This process's rank and world size (rank 0 of 1 when no process group is initialised)."""
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(
+            rank=dist.get_rank(),
+            world_size=dist.get_world_size(),
+            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+            backend=str(dist.get_backend()),
+        )
+    return DistInfo()
+
+
+def is_main_process() -> bool:
+    """True on rank 0 or when not distributed: guard model saving and reporting with it."""
+    return dist_info().is_main
+
+
+def default_device(info: DistInfo | None = None) -> torch.device:
+    """The device this process should compute on: its local GPU when CUDA is available, else the CPU."""
+    info = info or dist_info()
+    if torch.cuda.is_available():
+        return torch.device("cuda", info.local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def init_distributed(backend: str | None = None, *, timeout_minutes: float = 30.0) -> DistInfo:
+    """Initialise the default process group from ``torchrun``'s environment and return this rank's place.
+
+    Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` (``torchrun`` sets
+    them). Without them (a plain ``python`` run) nothing is initialised and rank 0 of 1 is returned, so
+    the same script runs with and without ``torchrun``. An already initialised group is reused.
+
+    Args:
+        backend: "gloo" or "nccl"; default nccl when CUDA is available, else gloo.
+        timeout_minutes: how long collectives wait for a slow or dead rank before failing.
+    """
+    if not dist.is_available():
+        raise RuntimeError(
+            "this torch build has no torch.distributed; install a standard PyTorch wheel to train on several processes."
+        )
+    if dist.is_initialized():
+        return dist_info()
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return DistInfo()
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise RuntimeError(
+            f"RANK and WORLD_SIZE are set but {', '.join(missing)} is not; launch with torchrun, which sets all of them."
+        )
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        if not torch.cuda.is_available():
+            raise RuntimeError("backend 'nccl' needs CUDA GPUs; use backend='gloo' on CPU machines.")
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    return dist_info()
+
+
+def destroy_distributed() -> None:
+    """Tear down the default process group if one is initialised (call at the end of a torchrun script)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_float(value: float, *, src: int = 0, device: torch.device | None = None) -> float:
+    """Rank ``src``'s ``value`` on every rank (no-op when not distributed); sent as a tensor, never pickled."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device or torch.device("cpu"))
+    dist.broadcast(tensor, src=src)
+    return float(tensor.item())
+
+
+def split_sizes(total: int, world_size: int) -> list[int]:
+    """Rows of a ``total``-row batch that each rank takes: contiguous, in rank order, sizes differing by at most one."""
+    base, extra = divmod(total, world_size)
+    return [base + (1 if r < extra else 0) for r in range(world_size)]
+
+
+def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    if tensor.shape[0] == rows:
+        return tensor.contiguous()
+    pad = tensor.new_zeros((rows - tensor.shape[0], *tensor.shape[1:]))
+    return torch.cat([tensor, pad], dim=0)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward all-reduces the gradients of every gathered piece and keeps this rank's."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(outputs, tensor.contiguous())
+        return tuple(outputs)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> torch.Tensor:
+        stacked = torch.stack([g.contiguous() for g in grads])
+        dist.all_reduce(stacked)  # sum over ranks of each rank's d(loss)/d(piece)
+        return stacked[dist.get_rank()]
+
+
+def gather_with_grad(tensor: torch.Tensor, sizes: Sequence[int] | None = None) -> torch.Tensor:
+    """Concatenate every rank's ``tensor`` (rows n_r, ...) along dim 0 in rank order, keeping gradients.
+
+    The result is the same on every rank. Gradients follow lightly's ``gather_distributed``: the
+    backward pass sums, over ranks, the gradient each rank's loss sends to every piece and returns the
+    local piece's share. When every rank computes the same loss L on the gathered batch, the local
+    input thus receives ``world_size * dL/d(piece)``, and DDP's gradient averaging turns that into
+    exactly the single-process gradient of L on the concatenated batch; parameters used after the
+    gather (a loss's own heads) get dL/dθ on every rank, which the averaging leaves unchanged.
+
+    Args:
+        tensor: this rank's rows; the same trailing shape and dtype on every rank.
+        sizes: rows of every rank when known (skips one collective); ranks may hold different numbers
+            of rows, even zero.
+    """
+    if not is_distributed():
+        return tensor
+    world = dist.get_world_size()
+    sizes = list(sizes) if sizes is not None else _gather_sizes(tensor)
+    if len(sizes) != world or sizes[dist.get_rank()] != tensor.shape[0]:
+        raise ValueError(
+            f"sizes {sizes} do not match a world of {world} ranks where this rank (rank {dist.get_rank()}) holds "
+            f"{tensor.shape[0]} rows; pass the row count of every rank in rank order."
+        )
+    padded = _pad_rows(tensor, max(sizes))
+    pieces = _GatherWithGrad.apply(padded)
+    return torch.cat([piece[:n] for piece, n in zip(pieces, sizes)], dim=0)
+
+
+def gather_without_grad(tensor: torch.Tensor, sizes: Sequence[int] | None = None) -> torch.Tensor:
+    """Like :func:`gather_with_grad` for tensors that need no gradient (row indices, labels)."""
+    if not is_distributed():
+        return tensor
+    sizes = list(sizes) if sizes is not None else _gather_sizes(tensor)
+    padded = _pad_rows(tensor.detach(), max(sizes))
+    pieces = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(pieces, padded)
+    return torch.cat([piece[:n] for piece, n in zip(pieces, sizes)], dim=0)
+
+
+def _gather_sizes(tensor: torch.Tensor) -> list[int]:
+    local = torch.tensor([tensor.shape[0]], dtype=torch.int64, device=tensor.device)
+    sizes = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, local)
+    return [int(s.item()) for s in sizes]
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m simskip_core.distributed",
+        description="Train or apply a SimSkip refiner on several processes; launch with torchrun "
+        "(e.g. torchrun --nproc_per_node=2 -m simskip_core.distributed train emb.npy --save-model out).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = sub.add_parser("train", help="fit a refiner with DistributedDataParallel and save it (rank 0)")
+    train.add_argument(
+        "input", type=Path, help="(n, d) float .npy; read as a memmap, each rank reads its rows"
+    )
+    train.add_argument("--save-model", type=Path, required=True, help="folder to save the fitted model to")
+    train.add_argument(
+        "--overwrite", action="store_true", help="replace the --save-model folder if it exists"
+    )
+    train.add_argument("--loss", default="ntxent", help="ntxent (default), studentt, spectral, difficulty")
+    train.add_argument("--epochs", type=int, default=50)
+    train.add_argument("--batch-size", type=int, default=256, help="global batch size, split across ranks")
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--val-fraction", type=float, default=0.1)
+    train.add_argument("--patience", type=int, default=10)
+    train.add_argument("--normalize-output", action="store_true", help="L2-normalise the refined vectors")
+    train.add_argument(
+        "--augment-fit-rows", type=int, default=None, help="rows sampled to fit augmentation statistics"
+    )
+    train.add_argument(
+        "--checkpoint-dir", type=str, default=None, help="checkpoint after every epoch (rank 0)"
+    )
+    train.add_argument(
+        "--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir"
+    )
+    train.add_argument("--device", default=None, help="cpu, cuda (default: this rank's GPU if any, else cpu)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    apply = sub.add_parser("apply", help="stream a saved model over a large .npy (each rank writes its rows)")
+    apply.add_argument("input", type=Path, help="(n, d) .npy file or a folder of .npy shards")
+    apply.add_argument("output", type=Path, help="the refined (n, d') float32 .npy to write")
+    apply.add_argument(
+        "--model", type=Path, required=True, help="a folder saved by SimSkip.save / --save-model"
+    )
+    apply.add_argument("--chunk-rows", type=int, default=65536)
+    apply.add_argument(
+        "--no-resume", action="store_true", help="start afresh instead of resuming a partial output"
+    )
+    apply.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    apply.add_argument("--device", default=None, help="cpu, cuda (default: this rank's GPU if any, else cpu)")
+    apply.add_argument("--bf16", action="store_true", help="bfloat16 autocast (for GPUs)")
+    apply.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _train(args: argparse.Namespace, info: DistInfo) -> dict[str, Any]:
+    from simskip_core._validation import check_finite
+    from simskip_core.api import SimSkip
+    from simskip_core.augment import build_augmentation
+    from simskip_core.losses import loss_resolver
+    from simskip_core.refiner import SkipRefiner
+    from simskip_core.train import fit_refiner
+
+    if args.save_model.exists() and not args.overwrite:
+        raise FileExistsError(
+            f"{args.save_model} exists; pass --overwrite to replace it or choose a new folder."
+        )
+    x = np.load(args.input, mmap_mode="r", allow_pickle=False)
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(
+            f"{args.input} holds a {x.dtype} array of shape {x.shape}; pass an (n, d) float .npy."
+        )
+    check_finite(x, name=str(args.input))
+    quiet = args.quiet or not info.is_main
+    model = SimSkip(
+        loss=args.loss,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        patience=args.patience,
+        normalize_output=args.normalize_output,
+        checkpoint_dir=args.checkpoint_dir,
+        resume=args.resume,
+        progress=not quiet,
+    )
+    config = dataclasses.replace(
+        model.train_config, augment_fit_rows=args.augment_fit_rows, device=args.device
+    )
+    model.train_config = config
+    loss_fn = loss_resolver.make(model.loss, model.loss_kwargs or None)
+    if getattr(loss_fn, "requires_signals", False):
+        raise ValueError(
+            f"loss {args.loss!r} needs pair signals; the distributed entry point trains label-free losses."
+        )
+    torch.manual_seed(args.seed)
+    architecture: dict[str, Any] = dict(model.architecture)
+    refiner = SkipRefiner(x.shape[1], **architecture)
+    history = fit_refiner(x, refiner, loss_fn, build_augmentation(model.augment), [], config)
+    model.refiner_ = refiner
+    model.module_ = refiner
+    model.dim_ = int(x.shape[1])
+    model.history_ = history
+    if info.is_main:
+        model.save(args.save_model, overwrite=args.overwrite)
+    barrier()
+    last = history[-1] if history else {}
+    return {
+        "saved": str(args.save_model),
+        "epochs": len(history),
+        "train_loss": last.get("train_loss"),
+        "val": last.get("val"),
+    }
+
+
+def _apply(args: argparse.Namespace, info: DistInfo) -> dict[str, Any]:
+    from simskip_core.api import SimSkip
+    from simskip_core.stream import stream_apply
+
+    model = SimSkip.load(args.model)
+    result = stream_apply(
+        model,
+        args.input,
+        args.output,
+        chunk_rows=args.chunk_rows,
+        resume=not args.no_resume,
+        overwrite=args.overwrite,
+        device=args.device,
+        bf16=args.bf16,
+        progress=not args.quiet,
+    )
+    return {"output": str(result.path), "shape": list(result.shape), "complete": result.complete}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m simskip_core.distributed {train,apply} ...`` (launch it with torchrun)."""
+    args = _build_parser().parse_args(argv)
+    info = init_distributed()
+    try:
+        summary = _train(args, info) if args.command == "train" else _apply(args, info)
+        if info.is_main:
+            print(json.dumps({**summary, "world_size": info.world_size}))
+        return 0
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError, RuntimeError) as error:
+        print(f"simskip (rank {info.rank}): error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        destroy_distributed()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
