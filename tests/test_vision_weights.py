@@ -11,6 +11,7 @@ import timm
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from simskip_vision import tasks as vision_tasks
 from simskip_vision.weights import (
     CheckpointMismatchError,
     create_backbone,
@@ -48,7 +49,7 @@ def test_pretrained_lite0_classifies_chelsea_as_a_cat() -> None:
     assert int(top.indices[0]) in CAT_CLASSES, top
     assert float(probs[list(CAT_CLASSES)].sum()) > 0.8
     # The feature extractor (num_classes=0) gives exactly the classifier's pooled pre-logits.
-    headless = create_backbone("efficientnet_lite0")
+    headless = vision_tasks._backbone()  # the shared, cached create_backbone("efficientnet_lite0")
     with torch.inference_mode():
         pooled = model.forward_head(model.forward_features(x), pre_logits=True)
         assert torch.equal(headless(x), pooled)

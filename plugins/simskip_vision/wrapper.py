@@ -30,6 +30,7 @@ from simskip_core import __version__
 from simskip_core.api import SimSkip
 from simskip_core.errors import CorruptModelError
 from simskip_vision._timm import import_timm, is_timm_model, model_name
+from simskip_vision.weights import CheckpointMismatchError, check_state_dict
 
 __all__ = ["RefinedBackbone"]
 
@@ -239,8 +240,9 @@ class RefinedBackbone(nn.Module):
                 f"{weights_path} is not a readable safetensors file ({error})."
             ) from error
         try:
+            check_state_dict(backbone, tensors, origin=str(weights_path))
             backbone.load_state_dict(tensors, strict=True)
-        except RuntimeError as error:
+        except (CheckpointMismatchError, RuntimeError) as error:
             raise CorruptModelError(
                 f"{weights_path} does not fit timm {name!r} built with {config.get('create_kwargs')}: {error}"
             ) from error
