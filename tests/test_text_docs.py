@@ -1,0 +1,32 @@
+"""The quick start of docs/text.md runs offline as written (real model, real data)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import re
+from pathlib import Path
+
+import pytest
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "text.md"
+
+
+def quick_start() -> str:
+    section = DOC.read_text(encoding="utf-8").split("## Quick start", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, flags=re.S)
+    assert match, "docs/text.md's Quick start section must hold a python code block"
+    return match.group(1)
+
+
+@pytest.mark.slow
+def test_quick_start_runs_and_reloads_identically(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(quick_start(), str(DOC), "exec"), {"__name__": "__docs__"})
+    out = capsys.readouterr().out
+    assert "SimSkipStage" in out and "(2, 384)" in out and "identical embeddings" in out
+    assert (tmp_path / "my-refined-model" / "modules.json").is_file()
+    assert list((tmp_path / "simskip-cache" / "text-embeddings").glob("*.npz"))
