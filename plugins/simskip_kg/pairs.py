@@ -37,12 +37,13 @@ def neighbour_pairs(mapped_triples: Any, num_entities: int, *, top_k: int | None
     pairs = np.stack([codes // num_entities, codes % num_entities], axis=1).astype(np.int64)
     if top_k is None or len(pairs) == 0:
         return pairs
+    # Every pair is incident to both its ends: rank each entity's pairs by shared-triple count (ties
+    # by pair order) over both columns at once, and keep a pair when either end ranks it in its top_k.
+    index = np.concatenate([np.arange(len(pairs)), np.arange(len(pairs))])
+    ends = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    order = np.lexsort((index, -np.concatenate([counts, counts]), ends))
+    sorted_ends = ends[order]
+    rank = np.arange(len(order)) - np.searchsorted(sorted_ends, sorted_ends, side="left")
     chosen = np.zeros(len(pairs), dtype=bool)
-    # For each entity, rank its incident pairs by shared-triple count (ties by pair order) and keep top_k.
-    for side in (0, 1):
-        order = np.lexsort((np.arange(len(pairs)), -counts, pairs[:, side]))
-        ends = pairs[order, side]
-        starts = np.searchsorted(ends, ends, side="left")
-        rank = np.arange(len(order)) - starts
-        chosen[order[rank < top_k]] = True
+    chosen[index[order[rank < top_k]]] = True
     return pairs[chosen]

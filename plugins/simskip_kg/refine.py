@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from simskip_core.api import SimSkip
+from simskip_kg.defaults import DEFAULT_NEIGHBOUR_TOP_K, simskip_batch_size
 from simskip_kg.embeddings import extract_entity_vectors, with_entity_vectors
 from simskip_kg.errors import KGInputError
 from simskip_kg.evaluation import METRICS, bootstrap_difference, evaluate_link_prediction
@@ -28,10 +29,7 @@ from simskip_kg.pairs import neighbour_pairs
 from simskip_kg.probe import ValidationMRRProbe
 from simskip_kg.refit import refit_relations
 
-__all__ = ["DEFAULT_NEIGHBOUR_TOP_K", "refine_pykeen", "simskip_batch_size"]
-
-#: Neighbours kept per entity in the KG pair signal (see :func:`~simskip_kg.pairs.neighbour_pairs`).
-DEFAULT_NEIGHBOUR_TOP_K = 5
+__all__ = ["refine_pykeen"]
 #: Row names of the metric table.
 RAW, RAW_REFIT, REFINED, REFINED_REFIT = (
     "raw",
@@ -39,11 +37,6 @@ RAW, RAW_REFIT, REFINED, REFINED_REFIT = (
     "refined",
     "refined + relation re-fit",
 )
-
-
-def simskip_batch_size(n: int, val_fraction: float = 0.1, preferred: int = 256) -> int:
-    """A SimSkip batch size that fits ``n`` entities after the validation hold-out (KGs can be tiny)."""
-    return int(max(2, min(preferred, int(n * (1.0 - val_fraction)) - 1)))
 
 
 def refine_pykeen(

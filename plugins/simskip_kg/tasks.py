@@ -1,0 +1,242 @@
+"""Benchmark tasks on real KGs shipped inside pykeen (Nations, Kinships, UMLS) with TransE and DistMult.
+
+Each task trains its own base model on the CPU (seeded sLCWA, cached as safetensors, see
+:mod:`simskip_kg.training`), takes the entity embeddings as the items to refine, and evaluates a
+representation by writing it back into a copy of the model and running PyKEEN's filtered
+rank-based evaluation on the test triples (MRR primary; Hits@1/3/10), with per-test-triple scores
+for paired bootstrap tests. Link prediction is transductive: ``train`` and ``test`` are the same
+entity rows; the *triples* are split.
+
+Besides the core's methods, each task offers the relation re-fit variants: the raw entities with
+their relations re-fitted (the fair control) and SimSkip-refined entities with their relations
+re-fitted (see :mod:`simskip_kg.refit`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from simskip_core.embeddings import EmbeddingSet
+from simskip_core.tasks import EvalResult, LoadOptions, Method, MethodOutput, Task, TaskData
+from simskip_kg.defaults import DEFAULT_NEIGHBOUR_TOP_K, simskip_batch_size
+
+__all__ = [
+    "DATASETS",
+    "MODELS",
+    "REFIT_EPOCHS",
+    "default_probe",
+    "evaluate",
+    "kg_tasks",
+    "pair_signals",
+    "task_methods",
+]
+
+#: Dataset name -> (pykeen name, number of entities, whether it is part of the quick suite).
+DATASETS: dict[str, tuple[str, int, bool]] = {
+    "nations": ("nations", 14, True),
+    "kinships": ("kinships", 104, False),
+    "umls": ("umls", 135, False),
+}
+#: Base models the tasks train.
+MODELS: tuple[str, ...] = ("transe", "distmult")
+#: Base-model training epochs (full suite, quick suite).
+TRAIN_EPOCHS = {"full": 100, "quick": 30}
+#: Relation re-fit epochs of the re-fit methods (full suite, quick suite).
+REFIT_EPOCHS = {"full": 50, "quick": 20}
+NEIGHBOURS = "kg_neighbours"
+_REFITS = "relation_refits"
+
+
+def _is_kg(task: Task) -> bool:
+    return task.domain == "kg"
+
+
+def _loader(dataset: str, model: str) -> Any:
+    def load(options: LoadOptions) -> TaskData:
+        from pykeen.datasets import get_dataset
+
+        from simskip_kg.embeddings import extract_entity_vectors
+        from simskip_kg.training import ModelSpec, load_or_train
+
+        ds = get_dataset(dataset=DATASETS[dataset][0])
+        spec = ModelSpec(
+            dataset=dataset,
+            model=model,
+            epochs=TRAIN_EPOCHS["quick" if options.quick else "full"],
+            seed=options.seed,
+        )
+        kg_model, info = load_or_train(
+            spec,
+            ds.training,
+            cache_dir=options.cache_dir,
+            use_cache=options.use_cache,
+            progress=options.progress,
+        )
+        vectors, layout = extract_entity_vectors(kg_model)
+        id_to_entity = {i: label for label, i in ds.training.entity_to_id.items()}
+        meta = {
+            "domain": "kg",
+            "dataset": dataset,
+            "model": model,
+            "spec": asdict(spec),
+            "layout": layout.describe(),
+            "train_seconds": info.get("train_seconds"),
+            "cached": info.get("cached"),
+        }
+        entities = EmbeddingSet(vectors, ids=[id_to_entity[i] for i in range(len(vectors))], meta=meta)
+        context = {
+            "model": kg_model,
+            "dataset": ds,
+            "spec": spec,
+            "train_info": info,
+            "quick": options.quick,
+            _REFITS: [],
+        }
+        return TaskData(train=entities, test=entities, context=context)
+
+    return load
+
+
+def kg_tasks() -> list[Task]:
+    """``kg/<dataset>-<model>`` for Nations, Kinships and UMLS with TransE and DistMult (quick: Nations)."""
+    tasks = []
+    for dataset, (pykeen_name, n_entities, quick) in DATASETS.items():
+        for model in MODELS:
+            tasks.append(
+                Task(
+                    name=f"kg/{dataset}-{model}",
+                    domain="kg",
+                    description=f"{dataset.capitalize()} link prediction, {model} trained on CPU; filtered MRR",
+                    source=f"pykeen.datasets.{pykeen_name} (inside the pykeen wheel); base model trained by the task",
+                    load=_loader(dataset, model),
+                    primary_metric="mrr",
+                    metrics=("mrr", "hits@1", "hits@3", "hits@10"),
+                    defaults={"epochs": 100, "batch_size": simskip_batch_size(n_entities)},
+                    quick=quick,
+                )
+            )
+    return tasks
+
+
+def _refit_for(data: TaskData, test: np.ndarray) -> np.ndarray | None:
+    """Relation vectors a re-fit method registered for exactly this ``test`` array object, if any."""
+    for array, relations in data.context.get(_REFITS, []):
+        if array is test:
+            return relations
+    return None
+
+
+def evaluate(task: Task, data: TaskData, train: np.ndarray, test: np.ndarray, seed: int) -> EvalResult | None:
+    """Write ``test`` (entity vectors) into a copy of the task's model and run the filtered evaluation.
+
+    When ``test`` is the very array a relation re-fit method returned, its re-fitted relations are
+    written too. Returns None for tasks of other domains.
+    """
+    if not _is_kg(task):
+        return None
+    from simskip_kg.embeddings import with_entity_vectors, with_relation_vectors
+    from simskip_kg.evaluation import evaluate_link_prediction
+
+    ds = data.context["dataset"]
+    model = with_entity_vectors(data.context["model"], test)
+    relations = _refit_for(data, test)
+    if relations is not None:
+        model = with_relation_vectors(model, relations, copy_model=False)
+    return evaluate_link_prediction(
+        model,
+        ds.testing.mapped_triples,
+        filter_triples=[ds.training.mapped_triples, ds.validation.mapped_triples],
+    )
+
+
+def pair_signals(task: Task, data: TaskData) -> Mapping[str, np.ndarray] | None:
+    """``{"kg_neighbours": pairs}``: entities sharing a training triple, top 5 per entity by shared triples."""
+    if not _is_kg(task):
+        return None
+    from simskip_kg.pairs import neighbour_pairs
+
+    ds = data.context["dataset"]
+    return {
+        NEIGHBOURS: neighbour_pairs(
+            ds.training.mapped_triples, len(data.train), top_k=DEFAULT_NEIGHBOUR_TOP_K
+        )
+    }
+
+
+def default_probe(task: Task, data: TaskData) -> Any:
+    """Filtered MRR on random halves of the validation triples (:class:`~simskip_kg.probe.ValidationMRRProbe`)."""
+    if not _is_kg(task):
+        return None
+    from simskip_kg.probe import ValidationMRRProbe
+
+    ds = data.context["dataset"]
+    return ValidationMRRProbe(data.context["model"], ds.training, ds.validation)
+
+
+def _refit_output(data: TaskData, model: Any, seed: int, fit_seconds: float, **info: Any) -> MethodOutput:
+    from simskip_kg.embeddings import extract_entity_vectors, extract_relation_vectors
+    from simskip_kg.refit import refit_relations
+
+    epochs = REFIT_EPOCHS["quick" if data.context.get("quick") else "full"]
+    result = refit_relations(model, data.context["dataset"].training, epochs=epochs, seed=seed)
+    entities, _ = extract_entity_vectors(result.model)
+    relations, _ = extract_relation_vectors(result.model)
+    data.context.setdefault(_REFITS, []).append((entities, relations))
+    return MethodOutput(
+        train=entities,
+        test=entities,
+        fit_seconds=fit_seconds + result.seconds,
+        info={
+            **info,
+            "refit_seconds": round(result.seconds, 3),
+            "refit_epochs": epochs,
+            "refit_final_loss": result.losses[-1] if result.losses else None,
+            "apply_seconds": 0.0,
+        },
+    )
+
+
+def _run_raw_refit(task: Task, data: TaskData, seed: int, state: dict[str, Any]) -> MethodOutput:
+    return _refit_output(data, data.context["model"], seed, 0.0, entities="raw")
+
+
+def _run_refined_refit(task: Task, data: TaskData, seed: int, state: dict[str, Any]) -> MethodOutput:
+    from simskip_core.api import SimSkip
+    from simskip_core.methods import simskip_kwargs
+    from simskip_kg.embeddings import with_entity_vectors
+
+    tic = time.perf_counter()
+    refiner = SimSkip(**simskip_kwargs(task, loss="ntxent"), seed=seed, progress=False)
+    refined = refiner.fit_transform(data.train.vectors)
+    model = with_entity_vectors(data.context["model"], refined)
+    fit_seconds = time.perf_counter() - tic
+    return _refit_output(
+        data, model, seed, fit_seconds, entities="simskip-ntxent", epochs_run=len(refiner.history_)
+    )
+
+
+def task_methods(task: Task) -> list[Method] | None:
+    """The relation re-fit methods of a KG task (None for other domains)."""
+    if not _is_kg(task):
+        return None
+    return [
+        Method(
+            "identity+relation-refit",
+            "kg-refit",
+            False,
+            _run_raw_refit,
+            description="raw entities, relation embeddings re-fitted with entities frozen (fair control)",
+        ),
+        Method(
+            "simskip-ntxent+relation-refit",
+            "kg-refit",
+            False,
+            _run_refined_refit,
+            description="SimSkip (NT-Xent) refined entities written back, relations re-fitted with entities frozen",
+        ),
+    ]
