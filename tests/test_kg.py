@@ -101,7 +101,7 @@ def _weights(model, kind="entity"):
 def test_writing_back_the_unrefined_vectors_reproduces_the_metrics_exactly(name, trained, nations) -> None:
     model = trained[name]
     before = _weights(model)
-    x, layout = extract_entity_vectors(model)
+    x, _ = extract_entity_vectors(model)
     copy_ = with_entity_vectors(model, x)
     assert copy_ is not model
     # bit-exact storage, and PyKEEN's own evaluator gives the same numbers to the last digit
@@ -274,7 +274,9 @@ def test_models_without_an_embedding_table_are_refused(nations) -> None:
         entity_representations_kwargs={"shape": 8, "num_bases": 3},
         relation_representations_kwargs={"shape": 8},
     )
-    with pytest.raises(UnsupportedModelError, match="LowRankRepresentation, not a plain pykeen.nn.Embedding"):
+    with pytest.raises(
+        UnsupportedModelError, match=r"LowRankRepresentation, not a plain pykeen\.nn\.Embedding"
+    ):
         extract_entity_vectors(lowrank)
     with pytest.raises(
         UnsupportedModelError, match="expected a pykeen PipelineResult or a trained pykeen model"
