@@ -224,10 +224,10 @@ class _Step(nn.Module):
         h_a, h_b = self.refiner(view_a), self.refiner(view_b)  # (b, d)
         z_a, z_b = self.refiner.project(h_a), self.refiner.project(h_b)  # (b, k)
         if sizes is not None:
-            # One collective for all four: the loss sees the global batch, gradients stay exact.
-            widths = [z_a.shape[1], z_b.shape[1], h_a.shape[1], h_b.shape[1]]
-            packed = _dist.gather_with_grad(torch.cat([z_a, z_b, h_a, h_b], dim=1), sizes)  # (B, 2k + 2d)
-            z_a, z_b, h_a, h_b = torch.split(packed, widths, dim=1)
+            # The loss sees the global batch; projections and features travel separately so that a loss
+            # ignoring one of them leaves that gather out of the backward graph (unused stays unused).
+            z_a, z_b = _dist.gather_with_grad(torch.cat([z_a, z_b], dim=1), sizes).chunk(2, dim=1)  # (B, k) each
+            h_a, h_b = _dist.gather_with_grad(torch.cat([h_a, h_b], dim=1), sizes).chunk(2, dim=1)  # (B, d) each
             index = _dist.gather_without_grad(index, sizes)  # (B,)
         positives, per_signal = _masks(index.cpu(), self.signals)
         device = z_a.device

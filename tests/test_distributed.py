@@ -23,6 +23,7 @@ from simskip_core.augment import build_augmentation
 from simskip_core.losses import MultiSimilarityLoss, NTXentLoss
 from simskip_core.pairs import build_signals
 from simskip_core.refiner import SkipRefiner
+from simskip_core.stream import stream_apply
 from simskip_core.train import TrainConfig, fit_refiner
 
 WORLD = 2
@@ -41,7 +42,9 @@ def _data() -> np.ndarray:
     return (centres[labels] + rng.normal(size=(300, 16))).astype(np.float32)
 
 
-def _fit(name: str, x: np.ndarray, checkpoint_dir: str | None = None) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+def _fit(
+    name: str, x: np.ndarray, checkpoint_dir: str | None = None
+) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     spec = SCENARIOS[name]
     signals = build_signals(len(x), x=x, mutual_knn=spec["knn"], pairs=None, labels=None)
     loss_fn = NTXentLoss() if spec["loss"] == "ntxent" else MultiSimilarityLoss()
@@ -78,9 +81,20 @@ def _gather_case(rank: int) -> dict[str, torch.Tensor]:
     }
 
 
+def _stream_refiner() -> SkipRefiner:
+    torch.manual_seed(1)
+    refiner = SkipRefiner(16)
+    torch.nn.init.normal_(refiner.g[-1].weight, std=0.2)
+    return refiner.eval()
+
+
 def _worker(rank: int, port: int, out: str) -> None:
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank)
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
     )
     os.environ["TQDM_DISABLE"] = "1"
     torch.set_num_threads(1)
@@ -104,6 +118,13 @@ def _worker(rank: int, port: int, out: str) -> None:
             save_file({k: v.contiguous() for k, v in state.items()}, str(path / f"{name}-{rank}.safetensors"))
             (path / f"{name}-{rank}.json").write_text(json.dumps(history), encoding="utf-8")
         (path / f"writes-{rank}.json").write_text(json.dumps(len(writes)), encoding="utf-8")
+        # Sharded streaming apply under the process group: rank and world come from torch.distributed.
+        result = stream_apply(
+            _stream_refiner(), path / "x.npy", path / "refined.npy", chunk_rows=40, progress=False
+        )
+        (path / f"stream-{rank}.json").write_text(
+            json.dumps({"complete": result.complete, "rows": result.rows_written}), encoding="utf-8"
+        )
     finally:
         train_module._save_checkpoint = original
         sdist.destroy_distributed()
@@ -119,6 +140,7 @@ def _free_port() -> int:
 def spawned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Run every scenario once on 2 gloo processes; their results land in the returned folder."""
     out = tmp_path_factory.mktemp("dist")
+    np.save(out / "x.npy", _data())
     mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
     return out
 
@@ -130,7 +152,9 @@ def test_two_processes_train_to_the_single_process_weights(spawned: Path, name: 
         multi = load_file(str(spawned / f"{name}-{rank}.safetensors"))
         assert multi.keys() == single.keys()
         for key, value in single.items():
-            torch.testing.assert_close(multi[key], value, rtol=1e-4, atol=1e-5, msg=f"{name} rank {rank}: {key}")
+            torch.testing.assert_close(
+                multi[key], value, rtol=1e-5, atol=1e-6, msg=f"{name} rank {rank}: {key}"
+            )
         history = json.loads((spawned / f"{name}-{rank}.json").read_text(encoding="utf-8"))
         assert len(history) == len(single_history)
         for ours, theirs in zip(history, single_history):
@@ -158,9 +182,22 @@ def test_gathered_ntxent_equals_single_process_loss_and_gradients(spawned: Path)
 
 
 def test_only_rank_zero_writes_checkpoints(spawned: Path) -> None:
-    writes = [json.loads((spawned / f"writes-{rank}.json").read_text(encoding="utf-8")) for rank in range(WORLD)]
+    writes = [
+        json.loads((spawned / f"writes-{rank}.json").read_text(encoding="utf-8")) for rank in range(WORLD)
+    ]
     assert writes == [SCENARIOS["ntxent"]["config"]["epochs"], 0]
     assert (spawned / "ckpt-ntxent" / "checkpoint.safetensors").is_file()
+
+
+def test_sharded_stream_apply_under_a_process_group(spawned: Path) -> None:
+    results = [
+        json.loads((spawned / f"stream-{rank}.json").read_text(encoding="utf-8")) for rank in range(WORLD)
+    ]
+    assert all(r["complete"] for r in results)
+    assert [r["rows"] for r in results] == [160, 140]  # 8 chunks of 40 rows, minus 20 in the last: 4 + 4
+    with torch.no_grad():
+        expected = _stream_refiner()(torch.from_numpy(_data())).numpy()
+    assert np.array_equal(np.load(spawned / "refined.npy"), expected)
 
 
 def test_helpers_without_a_process_group() -> None:
