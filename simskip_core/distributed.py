@@ -348,6 +348,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> dict[str, Any]:
         "epochs": len(history),
         "train_loss": last.get("train_loss"),
         "val": last.get("val"),
+        "epoch_seconds": [h["seconds"] for h in history],
     }
 
 
