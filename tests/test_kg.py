@@ -21,6 +21,7 @@ from pykeen.datasets import EagerDataset, Kinships, Nations  # noqa: E402
 from pykeen.evaluation import RankBasedEvaluator  # noqa: E402
 from pykeen.models import ERModel, model_resolver  # noqa: E402
 from pykeen.pipeline import PipelineResult  # noqa: E402
+from pykeen.training import SLCWATrainingLoop  # noqa: E402
 from pykeen.triples import TriplesFactory  # noqa: E402
 from simskip_kg import tasks as kg_tasks  # noqa: E402
 from simskip_kg.embeddings import (  # noqa: E402
@@ -205,6 +206,30 @@ def test_relation_refit_trains_only_relations_and_restores_the_model(trained, na
         assert torch.equal(a, b)  # the input model is untouched
     with pytest.raises(KGInputError, match="epochs must be >= 1"):
         refit_relations(model, nations.training, epochs=0)
+    with pytest.raises(KGInputError, match="unknown training loop 'sgd-loop'"):
+        refit_relations(model, nations.training, training_loop="sgd-loop")
+
+
+def test_relation_refit_continues_the_objective_of_a_given_training_loop(trained, nations) -> None:
+    loop = SLCWATrainingLoop(
+        model=trained["rotate"],
+        triples_factory=nations.training,
+        optimizer="sgd",
+        optimizer_kwargs={"lr": 0.3},
+        negative_sampler_kwargs={"num_negs_per_pos": 2},
+    )
+    result = refit_relations(trained["rotate"], nations.training, epochs=1, training_loop=loop)
+    assert result.config["training_loop"] == "SLCWATrainingLoop" and result.config["optimizer"] == "SGD"
+    assert result.config["lr"] == 0.3 and result.config["negative_sampler_kwargs"] == {"num_negs_per_pos": 2}
+    # RotatE's relation constrainer (unit modulus) still applies to the re-fitted relations
+    relations = result.model.relation_representations[0](indices=None).detach()
+    assert torch.allclose(relations.abs(), torch.ones_like(relations.abs()), atol=1e-5)
+    assert (
+        refit_relations(trained["rotate"], nations.training, epochs=1, lr=0.05, training_loop=loop).config[
+            "lr"
+        ]
+        == 0.05
+    )
 
 
 # ------------------------------------------------------------------------------------------ bad input

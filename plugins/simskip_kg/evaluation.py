@@ -9,7 +9,9 @@ can put an interval on a difference between two models.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,11 +21,24 @@ from pykeen.evaluation import RankBasedEvaluator
 
 from simskip_core.tasks import EvalResult, ItemScores
 
-__all__ = ["METRICS", "bootstrap_difference", "evaluate_link_prediction"]
+__all__ = ["METRICS", "bootstrap_difference", "evaluate_link_prediction", "quiet_cpu_memory_warning"]
 
 #: The metrics :func:`evaluate_link_prediction` reports, primary first.
 METRICS: tuple[str, ...] = ("mrr", "hits@1", "hits@3", "hits@10")
 _HITS = (1, 3, 10)
+
+
+@contextlib.contextmanager
+def quiet_cpu_memory_warning() -> Iterator[None]:
+    """Hide torch_max_mem's per-call warning that CPU tensors are "not considered safe" for its GPU
+    memory probing (harmless here: the batch size is fixed), for the duration of the block."""
+    logger = logging.getLogger("torch_max_mem.api")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def evaluate_link_prediction(
@@ -52,13 +67,14 @@ def evaluate_link_prediction(
     was_training = model.training
     model.eval()
     try:
-        result = evaluator.evaluate(
-            model=model,
-            mapped_triples=mapped_triples,
-            additional_filter_triples=list(filter_triples) or None,
-            batch_size=batch_size,
-            use_tqdm=progress,
-        )
+        with quiet_cpu_memory_warning():
+            result = evaluator.evaluate(
+                model=model,
+                mapped_triples=mapped_triples,
+                additional_filter_triples=list(filter_triples) or None,
+                batch_size=batch_size,
+                use_tqdm=progress,
+            )
         per_side = []
         for target in (LABEL_HEAD, LABEL_TAIL):
             per_side.append(np.concatenate(evaluator.ranks[target, "realistic"]).astype(np.float64))

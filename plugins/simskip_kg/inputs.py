@@ -30,6 +30,7 @@ from pykeen.pipeline import PipelineResult
 
 from simskip_kg.embeddings import _check_model, extract_entity_vectors, extract_relation_vectors
 from simskip_kg.errors import DatasetMismatchError, KGInputError, UnsupportedModelError, UntrainedModelError
+from simskip_kg.evaluation import quiet_cpu_memory_warning
 
 __all__ = ["MIN_TRAIN_AMRI", "KGInput", "check_trained", "resolve_dataset", "resolve_input", "training_amri"]
 
@@ -124,13 +125,14 @@ def training_amri(model: ERModel, training: Any, *, max_triples: int = 1000, see
     evaluator = RankBasedEvaluator(filtered=True, batch_size=256)
     was_training = model.training
     try:
-        result = evaluator.evaluate(
-            model=model,
-            mapped_triples=mapped[idx],
-            additional_filter_triples=[mapped],
-            batch_size=256,
-            use_tqdm=False,
-        )
+        with quiet_cpu_memory_warning():
+            result = evaluator.evaluate(
+                model=model,
+                mapped_triples=mapped[idx],
+                additional_filter_triples=[mapped],
+                batch_size=256,
+                use_tqdm=False,
+            )
     finally:
         model.train(was_training)
     return float(result.get_metric(_AMRI_KEY))

@@ -45,7 +45,7 @@ def refine_pykeen(
     *,
     refit: bool = True,
     refit_epochs: int = 50,
-    refit_lr: float = 0.01,
+    refit_lr: float | None = None,
     kg_pairs: bool | None = None,
     evaluate: bool = True,
     check_trained: bool = True,
@@ -66,7 +66,9 @@ def refine_pykeen(
             ``"nations"``). Needed for a bare model and for the metric table.
         refit: re-fit the relation embeddings after refining (entities frozen). The table then also
             holds the same re-fit on the raw entities, the fair control.
-        refit_epochs, refit_lr: the re-fit's epochs and Adam learning rate.
+        refit_epochs, refit_lr: the re-fit's epochs and learning rate. With a ``PipelineResult`` the
+            re-fit uses the pipeline's training loop, negative sampler and optimizer (and its learning
+            rate unless ``refit_lr`` is given); with a bare model sLCWA, 16 negatives, Adam at 0.01.
         kg_pairs: pass entity neighbourhoods (entities sharing a training triple) to SimSkip as the
             pair signal ``"kg_neighbours"``. None: only when the loss needs pair signals
             (``loss="multisimilarity"``).
@@ -131,7 +133,13 @@ def refine_pykeen(
     if refit:
         for name, base in ((RAW_REFIT, inp.model), (REFINED_REFIT, refined)):
             fitted = refit_relations(
-                base, inp.training, epochs=refit_epochs, lr=refit_lr, seed=seed, progress=progress
+                base,
+                inp.training,
+                epochs=refit_epochs,
+                lr=refit_lr,
+                training_loop=getattr(inp.result, "training_loop", None) or "slcwa",
+                seed=seed,
+                progress=progress,
             )
             models[name] = fitted.model
             seconds[name] = fitted.seconds
@@ -174,7 +182,7 @@ def refine_pykeen(
         simskip=simskip,
         timings=timings,
         n_test_triples=int(ds.testing.mapped_triples.shape[0]),
-        refit={"epochs": refit_epochs, "lr": refit_lr} if refit else None,
+        refit=fitted.config if refit else None,
         kg_pairs=bool(use_pairs),
     )
     return final, table

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 from pykeen.models import ERModel
-from pykeen.training import training_loop_resolver
+from pykeen.training import SLCWATrainingLoop, TrainingLoop, training_loop_resolver
 
 from simskip_kg.embeddings import _check_model, _representations
 from simskip_kg.errors import KGInputError
@@ -53,15 +53,43 @@ class RefitResult:
     config: dict[str, Any] = field(default_factory=dict)
 
 
+def _loop_settings(training_loop: Any) -> tuple[type[TrainingLoop], dict[str, Any], Any, dict[str, Any]]:
+    """Training-loop class, extra loop kwargs, optimizer and optimizer kwargs for a name or a loop instance."""
+    if isinstance(training_loop, str):
+        try:
+            cls = training_loop_resolver.lookup(training_loop)
+        except (KeyError, ValueError) as error:
+            raise KGInputError(
+                f"unknown training loop {training_loop!r}; use 'slcwa', 'lcwa' or a pykeen TrainingLoop."
+            ) from error
+        return cls, {}, "adam", {}
+    if not isinstance(training_loop, TrainingLoop):
+        raise KGInputError(
+            f"training_loop must be 'slcwa', 'lcwa' or a pykeen TrainingLoop, got {type(training_loop).__name__}."
+        )
+    extra: dict[str, Any] = {}
+    if isinstance(training_loop, SLCWATrainingLoop):
+        extra["negative_sampler"] = training_loop.negative_sampler
+        extra["negative_sampler_kwargs"] = dict(training_loop.negative_sampler_kwargs or {})
+    optimizer: Any = "adam"
+    optimizer_kwargs: dict[str, Any] = {}
+    if getattr(training_loop, "optimizer", None) is not None:
+        optimizer = type(training_loop.optimizer)
+        group = training_loop.optimizer.param_groups[0]
+        # Constructor arguments only: drop the parameter list and scheduler/bookkeeping entries.
+        optimizer_kwargs = {k: v for k, v in group.items() if k not in {"params", "initial_lr"}}
+    return type(training_loop), extra, optimizer, optimizer_kwargs
+
+
 def refit_relations(
     model: Any,
     training: Any,
     *,
     epochs: int = 50,
-    lr: float = 0.01,
+    lr: float | None = None,
     batch_size: int = 256,
-    training_loop: str = "slcwa",
-    num_negs_per_pos: int = 16,
+    training_loop: Any = "slcwa",
+    num_negs_per_pos: int | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> RefitResult:
@@ -71,10 +99,13 @@ def refit_relations(
         model: a PyKEEN ERModel with Embedding relation representations (its entities may be refined).
         training: the training triples factory the model was trained on (``dataset.training``).
         epochs: re-fit epochs (the relations start from their current values).
-        lr: Adam learning rate.
+        lr: learning rate (default: the given training loop's, else 0.01 with Adam).
         batch_size: training batch size.
-        training_loop: ``"slcwa"`` (negative sampling) or ``"lcwa"``; the model's own loss is used.
-        num_negs_per_pos: negatives per positive for ``"slcwa"``.
+        training_loop: ``"slcwa"`` (negative sampling) or ``"lcwa"``, or the PyKEEN ``TrainingLoop`` the
+            model was trained with (``PipelineResult.training_loop``): the re-fit then uses its class,
+            negative sampler and optimizer settings, so it continues the objective the model was trained
+            on. The model's own loss is always used.
+        num_negs_per_pos: negatives per positive for sLCWA (default: the given loop's, else 16).
         seed: seeds negative sampling and batch order (the caller's global RNG state is restored).
         progress: show PyKEEN's epoch progress bar.
 
@@ -89,8 +120,17 @@ def refit_relations(
         raise KGInputError(
             f"epochs must be >= 1 for a relation re-fit, got {epochs}; skip the re-fit instead."
         )
+    loop_cls, loop_extra, optimizer, optimizer_kwargs = _loop_settings(training_loop)
+    if lr is None:
+        lr = float(optimizer_kwargs.get("lr", 0.01))
     if not lr > 0:
         raise KGInputError(f"lr must be > 0, got {lr}.")
+    optimizer_kwargs["lr"] = lr
+    if loop_cls is SLCWATrainingLoop:
+        sampler_kwargs = dict(loop_extra.get("negative_sampler_kwargs") or {})
+        if num_negs_per_pos is not None or "num_negs_per_pos" not in sampler_kwargs:
+            sampler_kwargs["num_negs_per_pos"] = num_negs_per_pos or 16
+        loop_extra["negative_sampler_kwargs"] = sampler_kwargs
     if training.num_entities != source.num_entities:
         raise KGInputError(
             f"the model has {source.num_entities} entities but the training triples have {training.num_entities}; "
@@ -116,15 +156,14 @@ def refit_relations(
     loop_kwargs: dict[str, Any] = {
         "model": target,
         "triples_factory": training,
-        "optimizer": "adam",
-        "optimizer_kwargs": {"lr": lr},
+        "optimizer": optimizer,
+        "optimizer_kwargs": optimizer_kwargs,
         "automatic_memory_optimization": False,
+        **loop_extra,
     }
-    if training_loop.lower() == "slcwa":
-        loop_kwargs["negative_sampler_kwargs"] = {"num_negs_per_pos": num_negs_per_pos}
     start = time.perf_counter()
     try:
-        loop = training_loop_resolver.make(training_loop, **loop_kwargs)
+        loop = loop_cls(**loop_kwargs)
         with frozen_gc(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             losses = loop.train(
@@ -153,8 +192,9 @@ def refit_relations(
             "epochs": epochs,
             "lr": lr,
             "batch_size": batch_size,
-            "training_loop": training_loop,
-            "num_negs_per_pos": num_negs_per_pos,
+            "training_loop": loop_cls.__name__,
+            "optimizer": optimizer if isinstance(optimizer, str) else optimizer.__name__,
+            "negative_sampler_kwargs": loop_extra.get("negative_sampler_kwargs"),
             "seed": seed,
         },
     )
