@@ -144,7 +144,8 @@ def model_fingerprint(model: SentenceTransformer) -> str:
 
     digest = hashlib.sha256()
     for name, module in model.named_children():
-        config = module.get_config_dict() if hasattr(module, "get_config_dict") else {}
+        get_config = getattr(module, "get_config_dict", None)
+        config: dict[str, Any] = get_config() if callable(get_config) else {}
         digest.update(f"{name}:{type(module).__module__}.{type(module).__qualname__}:".encode())
         digest.update(repr(sorted((str(k), repr(v)) for k, v in config.items())).encode())
     with torch.no_grad():

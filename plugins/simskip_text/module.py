@@ -15,7 +15,7 @@ so the folder is also a regular SimSkip model folder: ``SimSkip.load("3_SimSkipS
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +72,7 @@ class SimSkipStage(Module):
     """
 
     config_file_name: str = "simskip_stage.json"
-    config_keys: ClassVar[list[str]] = [
+    config_keys: list[str] = [  # noqa: RUF012 - the sentence-transformers convention
         "in_features",
         "out_features",
         "normalize",
@@ -90,14 +90,15 @@ class SimSkipStage(Module):
     ) -> None:
         super().__init__()
         module = getattr(simskip, "module_", None)
-        if module is None or getattr(simskip, "dim_", None) is None:
+        dim = getattr(simskip, "dim_", None)
+        if module is None or dim is None:
             raise ValueError(
                 "SimSkipStage needs a fitted SimSkip model; call SimSkip(...).fit(embeddings) first "
                 "(or use simskip_text.refine_model, which fits and appends in one call)."
             )
         self.simskip = simskip
         self.refiner = module.eval()
-        self.in_features = int(simskip.dim_)
+        self.in_features = int(dim)
         self.normalize = bool(normalize)
         self.module_input_name = module_input_name
         self.module_output_name = module_output_name if module_output_name is not None else module_input_name
@@ -162,16 +163,19 @@ class SimSkipStage(Module):
         cache_folder: str | None = None,
         revision: str | None = None,
         local_files_only: bool = False,
+        init_defaults: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> Self:
         """Restore the stage from the folder ``model_name_or_path/subfolder``.
+
+        ``init_defaults`` is accepted for signature compatibility; the saved configuration is complete.
 
         Raises:
             CorruptModelError: a file of the stage is missing or unreadable (the message names it).
         """
         from simskip_core.api import SimSkip
 
-        hub_kwargs = {
+        hub_kwargs: dict[str, Any] = {
             "token": token,
             "cache_folder": cache_folder,
             "revision": revision,
