@@ -167,7 +167,7 @@ def _long_doubles(raw: bytes, n: int, endian: str) -> np.ndarray:
 def _read_values(r: _Reader, type_byte: int, n: int, what: str) -> Any:
     """Read ``n`` values of ``type_byte``: a numpy array for numeric scalars, else a list."""
     if type_byte in _SCALAR_TYPES:
-        name, code = _SCALAR_TYPES[type_byte]
+        _name, code = _SCALAR_TYPES[type_byte]
         if code is not None:
             values = r.array(code, n, what)
             return values.astype(bool) if type_byte == 0 else values
@@ -433,10 +433,7 @@ def gt_to_data(
 
     n = graph.num_vertices
     edge_index = torch.as_tensor(graph.edges.T.copy(), dtype=torch.long).reshape(2, -1)
-    if undirected:
-        edge_index = to_undirected(edge_index, num_nodes=n)
-    else:
-        edge_index = coalesce(edge_index, num_nodes=n)
+    edge_index = to_undirected(edge_index, num_nodes=n) if undirected else coalesce(edge_index, num_nodes=n)
     from torch_geometric.data import Data
 
     data = Data(edge_index=edge_index, num_nodes=n)
