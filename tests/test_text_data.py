@@ -193,3 +193,11 @@ def test_extract_hook_ignores_foreign_sources():
     assert plugin.simskip_extract_embeddings(source={"images": []}, options={}) is None
     assert plugin.simskip_extract_embeddings(source=np.zeros((2, 2)), options={}) is None
     assert plugin.simskip_attach(host=object(), model=None) is None
+
+
+def test_measure_rejects_bad_sizes_before_loading_anything(capsys):
+    from simskip_text.measure import main
+
+    with pytest.raises(SystemExit) as raised:
+        main(["--texts", "0"])
+    assert raised.value.code == 2 and "--texts must be >= 1" in capsys.readouterr().err
