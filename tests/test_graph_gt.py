@@ -7,10 +7,10 @@ import struct
 
 import numpy as np
 import pytest
-
-from simskip_core.errors import MissingDataError
 from simskip_graph import datasets
 from simskip_graph.gt_io import GT_MAGIC, GTFormatError, gt_to_data, read_gt, write_gt
+
+from simskip_core.errors import MissingDataError
 
 
 def _s(text: str | bytes) -> bytes:
@@ -99,7 +99,7 @@ def test_round_trip_all_index_widths(tmp_path, n, big_endian):
 def test_every_truncation_raises_a_clear_error():
     raw = handmade()
     for cut in range(len(raw)):
-        with pytest.raises(GTFormatError, match="not a graph-tool binary file|truncated"):
+        with pytest.raises(GTFormatError, match=r"not a graph-tool binary file|truncated"):
             read_gt(raw[:cut])
     with pytest.raises(GTFormatError, match="gzip stream is truncated"):
         read_gt(gzip.compress(raw)[:-12])
@@ -111,7 +111,7 @@ def test_corrupt_files_raise_clear_errors():
         read_gt(b"GARBAGE!" + bytes(raw[8:]))
     bad_version = bytearray(raw)
     bad_version[6] = 2
-    with pytest.raises(GTFormatError, match="unsupported .gt format version 2"):
+    with pytest.raises(GTFormatError, match=r"unsupported \.gt format version 2"):
         read_gt(bytes(bad_version))
     header = len(GT_MAGIC) + 2 + 8 + len("hand-made") + 1 + 8
     out_of_range = bytearray(raw)
@@ -139,7 +139,7 @@ def test_missing_file_names_the_fetch_script(tmp_path, monkeypatch):
     monkeypatch.setenv("SIMSKIP_DATA_DIR", str(tmp_path))
     monkeypatch.delenv(datasets.GT_DIR_ENV, raising=False)
     monkeypatch.setattr(datasets, "DEBIAN_COLLECTION", tmp_path / "nowhere")
-    with pytest.raises(MissingDataError, match="scripts/fetch-graph-data.sh"):
+    with pytest.raises(MissingDataError, match=r"scripts/fetch-graph-data\.sh"):
         datasets.load_graph("polbooks")
     with pytest.raises(FileNotFoundError):
         read_gt(tmp_path / "absent.gt")
