@@ -55,8 +55,8 @@ __all__ = [
 
 #: Seeds of the full suite.
 FULL_SEEDS: tuple[int, ...] = tuple(range(10))
-#: Seeds of ``--suite quick``.
-QUICK_SEEDS: tuple[int, ...] = (0, 1, 2)
+#: Seeds of ``--suite quick`` (one, to stay within 10 minutes on 2 cores; ``--seeds`` adds more).
+QUICK_SEEDS: tuple[int, ...] = (0,)
 #: Seed key of a method that is run once for every seed.
 DET = "det"
 #: Test rows kept for the 2-D projection plots.
@@ -83,6 +83,7 @@ class BenchConfig:
         threads: torch and BLAS threads during the run (None: leave the libraries' defaults). The
             refiners and probes are small, so one thread avoids the oversubscription that makes
             small operations many times slower on a busy machine.
+        jobs: tasks run in parallel worker processes (forked; 1 runs everything in this process).
         command: the command line that started the run (for the report).
     """
 
@@ -99,6 +100,7 @@ class BenchConfig:
     n_boot: int = 2000
     plots: bool = True
     threads: int | None = 1
+    jobs: int = 1
     command: str = ""
 
     def __post_init__(self) -> None:
@@ -108,6 +110,8 @@ class BenchConfig:
             raise ValueError("at least one seed is needed.")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {list(self.seeds)}.")
+        if self.jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {self.jobs}.")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1 or None, got {self.threads}.")
         if self.shots < 1:
@@ -182,7 +186,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--suite",
         choices=["quick", "full"],
         default=None,
-        help="quick (default): quick tasks, small subsets, seeds 0-2; full: seeds 0-9",
+        help="quick (default): quick tasks, small subsets, seed 0; full: every task, seeds 0-9",
     )
     parser.add_argument(
         "--domain", action="append", metavar="NAME", help="only these domains (repeat or comma-separate)"
@@ -266,6 +270,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         given["n_boot"] = args.bootstrap
     if getattr(args, "threads", None) is not None:
         given["threads"] = args.threads or None
+    if getattr(args, "jobs", None) is not None:
+        given["jobs"] = args.jobs
     if getattr(args, "no_plots", None):
         given["plots"] = False
     given["quiet"] = bool(getattr(args, "quiet", False))
@@ -291,6 +297,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         return replace(base, out=Path(resume), **given)
     suite = given.get("suite", "quick")
     given.setdefault("seeds", QUICK_SEEDS if suite == "quick" else FULL_SEEDS)
+    given.setdefault("jobs", default_jobs())
     out = getattr(args, "out", None)
     if out is None:
         out = Path("bench-results") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -518,15 +525,18 @@ def gemm_gflops(size: int = 512, seconds: float = 0.3) -> float:
 
 # ============================================================================ progress
 class _Display:
-    """Rich live progress (default) or plain log lines on stderr (``--quiet``)."""
+    """Rich live progress (default: an overall bar and one bar per running task) or plain log lines
+    on stderr (``--quiet``)."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self._progress: Any = None
         self._bar: Any = None
+        self._task_bars: dict[str, Any] = {}
 
     @contextmanager
     def running(self, total: int) -> Iterator[_Display]:
+        """Show the live display (unless quiet) while the body runs."""
         if self.quiet:
             yield self
             return
@@ -556,19 +566,56 @@ class _Display:
                 self._progress = None
 
     def log(self, message: str) -> None:
+        """A log line (above the live display, or on stderr)."""
         if self._progress is not None:
             self._progress.console.log(message)
         else:
             stamp = time.strftime("%H:%M:%S")
             print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
 
-    def describe(self, text: str) -> None:
+    def start(self, task: str, total: int) -> None:
+        """A task begins: add its bar."""
         if self._progress is not None:
-            self._progress.update(self._bar, description=text)
+            self._task_bars[task] = self._progress.add_task(f"  {task}", total=total)
 
-    def advance(self, n: int = 1) -> None:
+    def describe(self, task: str, text: str) -> None:
+        """What the task is doing now."""
+        if self._progress is not None and task in self._task_bars:
+            self._progress.update(self._task_bars[task], description=f"  {text}")
+
+    def advance(self, task: str, n: int = 1) -> None:
+        """``n`` more cells of ``task`` are finished."""
         if self._progress is not None:
             self._progress.advance(self._bar, n)
+            if task in self._task_bars:
+                self._progress.advance(self._task_bars[task], n)
+
+    def finish(self, task: str) -> None:
+        """A task ended: remove its bar."""
+        if self._progress is not None and task in self._task_bars:
+            self._progress.remove_task(self._task_bars.pop(task))
+
+
+class _QueueDisplay:
+    """The display of a worker process: forwards every call to the parent through a queue."""
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+
+    def log(self, message: str) -> None:
+        self.queue.put(("log", message))
+
+    def start(self, task: str, total: int) -> None:
+        self.queue.put(("start", task, total))
+
+    def describe(self, task: str, text: str) -> None:
+        self.queue.put(("describe", task, text))
+
+    def advance(self, task: str, n: int = 1) -> None:
+        self.queue.put(("advance", task, n))
+
+    def finish(self, task: str) -> None:
+        self.queue.put(("finish", task))
 
 
 # ============================================================================ the runner
@@ -672,7 +719,7 @@ def _save_projection(path: Path, data: TaskData, out: MethodOutput, method: str,
 
 
 class _Runner:
-    def __init__(self, config: BenchConfig, display: _Display) -> None:
+    def __init__(self, config: BenchConfig, display: _Display | _QueueDisplay) -> None:
         self.config = config
         self.display = display
         self.store = CellStore(config.out)
@@ -687,6 +734,14 @@ class _Runner:
         return options
 
     def run_task(self, task: Task, methods: Sequence[Method]) -> dict[str, Any]:
+        """Load ``task`` (unless every cell is done) and run its unfinished cells; returns its status."""
+        self.display.start(task.name, len(_cells(methods, self.config.seeds)))
+        try:
+            return self._run_task(task, methods)
+        finally:
+            self.display.finish(task.name)
+
+    def _run_task(self, task: Task, methods: Sequence[Method]) -> dict[str, Any]:
         config = self.config
         status_path = config.out / "tasks" / f"{_slug(task.name)}.json"
         cells = _cells(methods, config.seeds)
@@ -695,10 +750,10 @@ class _Runner:
         previous = json.loads(status_path.read_text(encoding="utf-8")) if status_path.is_file() else None
         if not todo and previous is not None and previous.get("status") == "ok":
             self.display.log(f"{task.name}: all {len(cells)} cells already done")
-            self.display.advance(len(cells))
+            self.display.advance(task.name, len(cells))
             return dict(previous)
-        self.display.describe(f"{task.name}: loading")
-        tic = time.perf_counter()
+        self.display.describe(task.name, f"{task.name}: loading")
+        tic, cpu = time.perf_counter(), time.process_time()
         status: dict[str, Any] = {
             "task": task.name,
             "domain": task.domain,
@@ -720,7 +775,7 @@ class _Runner:
             status.update(status="skipped", reason=str(error))
             write_json_atomic(status_path, status)
             self.display.log(f"[skipped] {task.name}: {error}")
-            self.display.advance(len(cells))
+            self.display.advance(task.name, len(cells))
             return status
         except Exception as error:
             self.failures += 1
@@ -729,11 +784,12 @@ class _Runner:
             )
             write_json_atomic(status_path, status)
             self.display.log(f"[failed] {task.name}: loading raised {type(error).__name__}: {error}")
-            self.display.advance(len(cells))
+            self.display.advance(task.name, len(cells))
             return status
         status.update(
             status="ok",
             load_seconds=round(time.perf_counter() - tic, 3),
+            load_cpu_seconds=round(time.process_time() - cpu, 3),
             load_peak_rss_mb=memory.peak_mb,
             n_train=len(data.train),
             n_test=len(data.test),
@@ -748,7 +804,7 @@ class _Runner:
         states: dict[int | None, dict[str, Any]] = {}
         evals: dict[str, tuple[dict[str, float], dict[str, ItemScores]]] = {}
         done_count = len(cells) - len(todo)
-        self.display.advance(done_count)
+        self.display.advance(task.name, done_count)
         todo_set = {(m.name, s) for m, s in todo}
         for method, seed in cells:
             state = states.setdefault(seed, {"shots_per_class": config.shots})
@@ -757,7 +813,9 @@ class _Runner:
                 if doc is not None and doc.get("status") == "ok":
                     state[method.name] = doc.get("info", {})
                 continue
-            self.display.describe(f"{task.name} · {method.name} · {DET if seed is None else f'seed {seed}'}")
+            self.display.describe(
+                task.name, f"{task.name} · {method.name} · {DET if seed is None else f'seed {seed}'}"
+            )
             doc = self.run_cell(task, data, method, seed, state, keys[method.name], evals)
             if doc["status"] == "failed":
                 self.failures += 1
@@ -771,7 +829,7 @@ class _Runner:
                     f"{task.name} · {method.name} · {DET if seed is None else f'seed {seed}'}: "
                     f"{task.primary_metric}={primary:.4f} (fit {doc['timings']['fit_seconds']:.2f}s)"
                 )
-            self.display.advance()
+            self.display.advance(task.name)
         return status
 
     def run_cell(
@@ -800,10 +858,10 @@ class _Runner:
             "info": {},
         }
         try:
-            tic = time.perf_counter()
+            tic, cpu = time.perf_counter(), time.process_time()
             with PeakRSS() as memory:
                 out = method.run(task, data, run_seed, state)
-            run_seconds = time.perf_counter() - tic
+            run_seconds, run_cpu = time.perf_counter() - tic, time.process_time() - cpu
         except NotApplicable as reason:
             doc.update(status="n/a", reason=str(reason))
             self.store.write(doc, {})
@@ -819,7 +877,7 @@ class _Runner:
             info = _jsonable(out.info)
             state[method.name] = info
             uses_labels = bool(info.get("uses_labels", method.uses_labels))
-            tic = time.perf_counter()
+            tic, cpu = time.perf_counter(), time.process_time()
             reused = info.get("representation_of")
             if reused is not None and reused not in evals:
                 stored = self.store.read(task.name, str(reused), None)
@@ -843,7 +901,7 @@ class _Runner:
 
                     metrics[KSHOT_METRIC] = kshot.statistic()
                     items[KSHOT_METRIC] = kshot
-            eval_seconds = time.perf_counter() - tic
+            eval_seconds, eval_cpu = time.perf_counter() - tic, time.process_time() - cpu
         except Exception as error:
             doc.update(
                 status="failed", reason=f"{type(error).__name__}: {error}", traceback=traceback.format_exc()
@@ -863,6 +921,8 @@ class _Runner:
                 "apply_seconds": round(float(apply_seconds), 4),
                 "run_seconds": round(run_seconds, 4),
                 "eval_seconds": round(eval_seconds, 4),
+                "run_cpu_seconds": round(run_cpu, 4),
+                "eval_cpu_seconds": round(eval_cpu, 4),
                 "apply_items_per_second": round(n_items / apply_seconds, 1) if apply_seconds > 0 else None,
             },
             memory={"peak_rss_mb": memory.peak_mb, "peak_rss_increase_mb": memory.delta_mb},
@@ -940,25 +1000,151 @@ def _thread_limit(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def default_jobs() -> int:
+    """Worker processes by default: 2 where the CPU count allows and ``fork`` exists, else 1."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return float(usage.ru_utime + usage.ru_stime)
+
+
+def _worker(config: BenchConfig, task: Task, methods: list[Method], queue: Any) -> None:
+    """Body of a worker process: run one task, report its status and failure count, exit."""
+    runner = _Runner(config, _QueueDisplay(queue))
+    try:
+        status = runner.run_task(task, methods)
+        queue.put(("status", task.name, _jsonable(status), runner.failures))
+    except KeyboardInterrupt:
+        queue.put(("interrupted", task.name))
+    except BaseException as error:  # report, never hang the parent
+        queue.put(
+            (
+                "status",
+                task.name,
+                {
+                    "task": task.name,
+                    "domain": task.domain,
+                    "status": "failed",
+                    "reason": f"{type(error).__name__}: {error}",
+                },
+                1,
+            )
+        )
+
+
+def _run_parallel(
+    config: BenchConfig,
+    tasks: Sequence[Task],
+    methods: dict[str, list[Method]],
+    display: _Display,
+) -> tuple[list[dict[str, Any]], int]:
+    """Run tasks in up to ``config.jobs`` forked worker processes; returns statuses (in task order)
+    and the number of failures. Each worker writes its own cell files; the parent only displays."""
+    import multiprocessing
+    import queue as queue_module
+
+    context = multiprocessing.get_context("fork")
+    messages: Any = context.Queue()
+    pending = list(tasks)
+    active: dict[str, Any] = {}
+    statuses: dict[str, dict[str, Any]] = {}
+    counts = {"failures": 0, "interrupted": 0}
+
+    def handle(message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "status":
+            statuses[message[1]] = message[2]
+            counts["failures"] += int(message[3])
+        elif kind == "interrupted":
+            counts["interrupted"] += 1
+        else:
+            getattr(display, kind)(*message[1:])
+
+    def drain(timeout: float) -> None:
+        while True:
+            try:
+                handle(messages.get(timeout=timeout))
+            except queue_module.Empty:
+                return
+
+    try:
+        while pending or active:
+            while pending and len(active) < config.jobs:
+                task = pending.pop(0)
+                process = context.Process(
+                    target=_worker,
+                    args=(config, task, methods[task.name], messages),
+                    name=f"simskip-bench {task.name}",
+                )
+                process.start()
+                active[task.name] = process
+            drain(0.2)
+            for name, process in list(active.items()):
+                if process.exitcode is None:
+                    continue
+                drain(0.5)  # what the worker sent just before it exited
+                process.join()
+                del active[name]
+                if name not in statuses and not counts["interrupted"]:
+                    counts["failures"] += 1
+                    task = next(t for t in tasks if t.name == name)
+                    statuses[name] = {
+                        "task": name,
+                        "domain": task.domain,
+                        "status": "failed",
+                        "reason": f"the worker process exited with code {process.exitcode} (killed, e.g. out "
+                        "of memory?); finished cells are kept, rerun with --resume",
+                    }
+                    display.finish(name)
+            if counts["interrupted"]:
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        for process in active.values():
+            process.terminate()
+        for process in active.values():
+            process.join()
+        raise
+    failures = counts["failures"]
+    return [statuses[t.name] for t in tasks if t.name in statuses], failures
+
+
 def _run(
     config: BenchConfig, tasks: Sequence[Task], methods: dict[str, list[Method]], started: float
 ) -> BenchResult:
     from simskip_core import report
 
+    started_cpu = time.process_time() + _children_cpu()
     display = _Display(config.quiet)
-    runner = _Runner(config, display)
     total = sum(len(_cells(methods[t.name], config.seeds)) for t in tasks)
     environment = report.environment_info()
     environment["gemm_gflops_float32"] = gemm_gflops()
+    environment["bench_threads"] = config.threads
+    environment["bench_jobs"] = config.jobs
     statuses: list[dict[str, Any]] = []
+    failures = 0
     interrupted = False
+    jobs = min(config.jobs, len(tasks))
     with display.running(total):
         display.log(
-            f"simskip bench: {len(tasks)} task(s), seeds {list(config.seeds)}, {total} cell(s) -> {config.out}"
+            f"simskip bench: {len(tasks)} task(s), seeds {list(config.seeds)}, {total} cell(s), "
+            f"{jobs} worker(s) -> {config.out}"
         )
         try:
-            for task in tasks:
-                statuses.append(runner.run_task(task, methods[task.name]))
+            if jobs > 1:
+                statuses, failures = _run_parallel(config, tasks, methods, display)
+            else:
+                runner = _Runner(config, display)
+                for task in tasks:
+                    statuses.append(runner.run_task(task, methods[task.name]))
+                failures = runner.failures
         except KeyboardInterrupt:
             interrupted = True
     if interrupted:
@@ -973,8 +1159,9 @@ def _run(
         statuses,
         environment=environment,
         wall_seconds=time.time() - started,
+        cpu_seconds=time.process_time() + _children_cpu() - started_cpu,
     )
-    result.failures = runner.failures
+    result.failures = failures
     return result
 
 

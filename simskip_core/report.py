@@ -192,6 +192,7 @@ def build_outputs(
     *,
     environment: Mapping[str, Any],
     wall_seconds: float,
+    cpu_seconds: float | None = None,
 ) -> BenchResult:
     """Compute the statistics from the run folder's cells and write every output file."""
     from simskip_core.bench import BenchResult, write_json_atomic
@@ -215,6 +216,7 @@ def build_outputs(
         "config": config.to_dict(),
         "environment": dict(environment),
         "wall_seconds": round(wall_seconds, 2),
+        "cpu_seconds": None if cpu_seconds is None else round(cpu_seconds, 2),
         "tasks": list(statuses),
         "summaries": summaries,
         "overall": overall,
@@ -397,12 +399,14 @@ def render_markdown(
         f"- git: {git.get('commit') or 'unknown'}{' (uncommitted changes)' if git.get('dirty') else ''}; "
         f"simskip {env['packages'].get('simskip')}, torch {env['packages'].get('torch')}, Python {env.get('python')}",
         f"- machine: {env.get('platform')}, {env.get('cpu_count')} CPU(s), torch threads {env.get('torch_threads')}, "
-        f"float32 matmul {env.get('gemm_gflops_float32')} GFLOP/s; wall time {run['wall_seconds'] / 60:.1f} min",
+        f"float32 matmul {env.get('gemm_gflops_float32')} GFLOP/s; wall time {run['wall_seconds'] / 60:.1f} min"
+        + ("" if run.get("cpu_seconds") is None else f", CPU time {run['cpu_seconds'] / 60:.1f} min")
+        + " (this session; cells finished earlier are not counted)",
         "",
         "Every method is fitted on the training embeddings only, with the task's default hyper-parameters, "
         "the same for every seed. Δ is the mean paired difference, its 95% interval and p-value come from a "
         "bootstrap over test items and seeds jointly; p-values are Holm-adjusted within each task and reference, "
-        "and win / tie / loss uses the adjusted p < 0.05. Deterministic methods show one value (no ± std). "
+        "and win / tie / loss uses the adjusted p < 0.05. Rows with a single run (deterministic methods, or one seed) show one value, without ± std. "
         "The best non-learned baseline is picked by its test mean, which favours the baseline.",
         "",
         "## Summary",
@@ -513,7 +517,7 @@ def _label_free_table(summary: Mapping[str, Any], status: Mapping[str, Any]) -> 
     header += [*others, "fit s", "apply items/s", "peak +MB"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in rows.items():
-        single = row["deterministic"]
+        single = row["deterministic"] or row["n_runs"] == 1
         vi = row["comparisons"].get("vs_identity")
         vb = row["comparisons"].get("vs_best_baseline")
         t = row.get("timings", {})
@@ -555,7 +559,7 @@ def _label_using_table(summary: Mapping[str, Any]) -> list[str]:
     ]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in rows.items():
-        single = row["deterministic"]
+        single = row["deterministic"] or row["n_runs"] == 1
         vf = row["comparisons"].get("vs_fewlabel_probe")
         vi = row["comparisons"].get("vs_identity")
         cells = [
@@ -580,20 +584,30 @@ def _timing_table(run: Mapping[str, Any]) -> list[str]:
     lines = [
         "## Timings",
         "",
-        "| task | status | load s | cells | fit s (sum) | evaluation s (sum) |",
+        "Wall and CPU seconds summed over the cells of each task (fit + apply, and evaluation); on a shared "
+        "machine wall time includes waiting for the CPU.",
+        "",
+        "| task | status | load s (wall / CPU) | cells | methods s (wall / CPU) | evaluation s (wall / CPU) |",
         "|---|---|---|---|---|---|",
     ]
     per_task: dict[str, list[Mapping[str, Any]]] = {}
     for cell in run["cells"]:
         per_task.setdefault(cell["task"], []).append(cell)
+
+    def total(cells: Sequence[Mapping[str, Any]], key: str) -> float:
+        return float(sum(c["timings"].get(key) or 0.0 for c in cells))
+
     for status in run["tasks"]:
         cells = per_task.get(status["task"], [])
-        fit = sum(c["timings"].get("fit_seconds", 0.0) or 0.0 for c in cells)
-        ev = sum(c["timings"].get("eval_seconds", 0.0) or 0.0 for c in cells)
         load = status.get("load_seconds")
-        load_text = "(cached cells)" if load is None and status.get("status") == "ok" else _num(load, 1)
+        if load is None:
+            load_text = "(all cells done earlier)" if status.get("status") == "ok" else "–"
+        else:
+            load_text = f"{load:.1f} / {status.get('load_cpu_seconds') or 0.0:.1f}"
         lines.append(
-            f"| {status['task']} | {status.get('status')} | {load_text} | {len(cells)} | {fit:.1f} | {ev:.1f} |"
+            f"| {status['task']} | {status.get('status')} | {load_text} | {len(cells)} | "
+            f"{total(cells, 'run_seconds'):.1f} / {total(cells, 'run_cpu_seconds'):.1f} | "
+            f"{total(cells, 'eval_seconds'):.1f} / {total(cells, 'eval_cpu_seconds'):.1f} |"
         )
     return [*lines, ""]
 

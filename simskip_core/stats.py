@@ -31,11 +31,11 @@ from simskip_core.tasks import ItemScores
 
 __all__ = [
     "KSHOT_METRIC",
-    "NON_LEARNED_FAMILIES",
     "Comparison",
     "MethodRecord",
     "PairedBootstrap",
     "holm",
+    "is_refinement",
     "mean_std",
     "overall_summary",
     "summarize_task",
@@ -43,8 +43,14 @@ __all__ = [
 
 #: The metric of the label-using section: a logistic-regression probe trained on the k labelled items.
 KSHOT_METRIC = "kshot_probe_acc"
-#: Families that learn nothing from the embeddings beyond fixed statistics (or are a control).
-NON_LEARNED_FAMILIES = frozenset({"baseline", "control", "probe"})
+
+
+def is_refinement(name: str, family: str) -> bool:
+    """Whether a row is a SimSkip refinement (family "simskip" or a name starting with "simskip"),
+    the rows the verdicts and the wins / ties / losses line are about."""
+    return family == "simskip" or name.startswith("simskip")
+
+
 #: Reference methods.
 IDENTITY = "identity"
 FEWLABEL_REFERENCE = "fewlabel-probe"
@@ -389,7 +395,7 @@ def _verdict(
     text = f"best label-free method: {best.name} ({primary} {_fmt(mean, std)})"
     if best_baseline is None:
         return text + "; no non-learned baseline to compare with"
-    learned = [r for r in ranked if r.family not in NON_LEARNED_FAMILIES]
+    learned = [r for r in ranked if is_refinement(r.name, r.family)]
     beating = [
         r.name
         for r in learned
@@ -432,15 +438,15 @@ def _fewlabel_verdict(using: Sequence[MethodRecord], rows: Mapping[str, Any]) ->
 
 
 def overall_summary(task_summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Wins / ties / losses of the learned label-free methods against identity and against each
-    task's best non-learned baseline, and of the label-using methods against ``fewlabel-probe``."""
+    """Wins / ties / losses of the label-free SimSkip refinements (:func:`is_refinement`) against
+    identity and against each task's best non-learned baseline, and of the label-using methods against ``fewlabel-probe``."""
     tallies: dict[str, dict[str, int]] = {
         key: {"win": 0, "tie": 0, "loss": 0, "n/a": 0}
         for key in ("vs_identity", "vs_best_baseline", "vs_fewlabel_probe")
     }
     for summary in task_summaries:
-        for row in summary["rows"].values():
-            learned = row["family"] not in NON_LEARNED_FAMILIES
+        for name, row in summary["rows"].items():
+            learned = is_refinement(name, row["family"])
             for key, tally in tallies.items():
                 if key == "vs_fewlabel_probe":
                     counted = row["section"] == "label-using"
@@ -451,8 +457,8 @@ def overall_summary(task_summaries: Sequence[Mapping[str, Any]]) -> dict[str, An
                     tally[comparison["outcome"]] += 1
     lines = []
     labels = {
-        "vs_identity": "learned label-free methods vs identity",
-        "vs_best_baseline": "learned label-free methods vs the best non-learned baseline",
+        "vs_identity": "label-free SimSkip refinements vs identity",
+        "vs_best_baseline": "label-free SimSkip refinements vs the best non-learned baseline",
         "vs_fewlabel_probe": "label-using methods vs the k-shot probe",
     }
     for key, tally in tallies.items():

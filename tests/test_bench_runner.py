@@ -368,3 +368,19 @@ def test_cli_lists_errors_and_filters(
     assert "| whitening |" in printed and "identity" in printed and "simskip-ntxent" not in printed
     config = json.loads((out / "config.json").read_text())
     assert config["seeds"] == [0] and config["methods"] == ["whitening"]
+
+
+def test_parallel_workers_give_the_same_cells(plugin: SyntheticPlugin, tmp_path: Path) -> None:
+    methods = ("centerl2", "simskip-ntxent", "fewlabel-simskip")
+    sequential = run_bench(_config(tmp_path, out=tmp_path / "seq", methods=methods, seeds=(0,), plots=False))
+    parallel = run_bench(
+        _config(tmp_path, out=tmp_path / "par", methods=methods, seeds=(0,), plots=False, jobs=2)
+    )
+    assert parallel.failures == 0
+    assert [s["status"] for s in parallel.run["tasks"]] == [s["status"] for s in sequential.run["tasks"]]
+
+    def metrics(result: Any) -> dict[tuple[str, str, Any], dict[str, float]]:
+        return {(c["task"], c["method"], c["seed"]): c["metrics"] for c in result.run["cells"]}
+
+    assert metrics(parallel) == metrics(sequential)
+    assert parallel.run["environment"]["bench_jobs"] == 2
