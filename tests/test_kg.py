@@ -4,6 +4,7 @@ relation re-fit, bad-input errors, neighbour pairs, cached training, tasks and h
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import tempfile
@@ -401,6 +402,15 @@ def test_kg_task_loads_evaluates_and_runs_the_refit_methods(tmp_path, monkeypatc
     assert (
         hook.simskip_evaluate(task=task, data=data, train=x, test=x.copy(), seed=0).metrics == result.metrics
     )
+    short = dataclasses.replace(task, defaults={**task.defaults, "epochs": 5})  # keep the test quick
+    refined = methods["simskip-ntxent+relation-refit"].run(short, data, 0, {})
+    assert refined.test.shape == x.shape and not np.array_equal(refined.test, x)
+    assert refined.info["refit_epochs"] == 2 and refined.info["entities"] == "simskip-ntxent"
+    with_refit = hook.simskip_evaluate(task=task, data=data, train=refined.train, test=refined.test, seed=0)
+    without = hook.simskip_evaluate(
+        task=task, data=data, train=refined.train, test=refined.test.copy(), seed=0
+    )
+    assert with_refit.metrics != without.metrics
 
 
 def test_extract_and_attach_hooks_handle_pykeen_models_only(trained, nations) -> None:
