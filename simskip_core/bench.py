@@ -536,10 +536,11 @@ class _Display:
 
     @contextmanager
     def running(self, total: int) -> Iterator[_Display]:
-        """Show the live display (unless quiet) while the body runs."""
-        if self.quiet:
+        """Show the live display on stderr (unless quiet, or stderr is not a terminal) while the body runs."""
+        if self.quiet or not sys.stderr.isatty():
             yield self
             return
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -555,6 +556,7 @@ class _Display:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            console=Console(stderr=True),
             transient=False,
         )
         with progress:
@@ -567,10 +569,10 @@ class _Display:
 
     def log(self, message: str) -> None:
         """A log line (above the live display, or on stderr)."""
+        stamp = time.strftime("%H:%M:%S")
         if self._progress is not None:
-            self._progress.console.log(message)
+            self._progress.console.print(f"[{stamp}] {message}", markup=False, highlight=False)
         else:
-            stamp = time.strftime("%H:%M:%S")
             print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
 
     def start(self, task: str, total: int) -> None:

@@ -512,7 +512,7 @@ def _label_free_table(summary: Mapping[str, Any], status: Mapping[str, Any]) -> 
         "Δ vs identity [95% CI]",
         "p (Holm)",
         "vs identity",
-        f"vs {best_baseline}",
+        f"vs best baseline ({best_baseline})",
     ]
     header += [*others, "fit s", "apply items/s", "peak +MB"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
