@@ -25,10 +25,12 @@ Command line: ``simskip refine IN OUT --model DIR --stream`` (suggested wiring) 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,6 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from simskip_core.distributed import default_device, dist_info
 
 __all__ = ["NpySource", "StreamResult", "model_fingerprint", "stream_apply"]
 
@@ -435,8 +439,9 @@ def stream_apply(
             to finish finalises the output.
         device: "cpu", "cuda", ... (default: this rank's GPU when CUDA is available, else the CPU).
         bf16: bfloat16 autocast for the forward pass (meant for GPUs; the output stays float32).
-        sync: flush each chunk to disk before recording it as done, so even a machine crash cannot leave a
-            chunk recorded but unwritten (a killed process never can).
+        sync: record a chunk as done only after its bytes are flushed to disk (fdatasync, every couple of
+            seconds in a background thread), so even a machine crash cannot leave a chunk recorded but
+            unwritten; False records chunks as soon as they are written (a killed process still cannot).
         progress: show a tqdm progress bar.
 
     Returns:
@@ -448,8 +453,6 @@ def stream_apply(
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}.")
     module, dim = _resolve_module(model)
     rank, world_size, coordinated = _resolve_rank(rank, world_size)
-    from simskip_core.distributed import default_device, dist_info
-
     dev = torch.device(device) if device is not None else default_device(dist_info())
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} was asked for but CUDA is not available; pass device='cpu'.")
@@ -525,8 +528,6 @@ def _first_device(module: nn.Module) -> torch.device:
 
 
 def _copy_to(module: nn.Module, device: torch.device) -> nn.Module:
-    import copy
-
     return copy.deepcopy(module).to(device)
 
 
@@ -598,13 +599,13 @@ def _run(
     mine = _rank_chunks(len(chunks), rank, world_size)
     done = _done_chunks(files, key)
     todo = [i for i in mine if i not in done]
-    recorded = sorted(done & set(mine))
     written: set[int] = set()
     row_bytes = int(d_out) * 4
     fd = os.open(files.partial, os.O_WRONLY)
+    recorder = _Recorder(files.progress(rank), key, sorted(done & set(mine)), fd, sync)
     bar = tqdm(
         total=sum(chunks[i][1] - chunks[i][0] for i in mine),
-        initial=sum(chunks[i][1] - chunks[i][0] for i in recorded),
+        initial=sum(chunks[i][1] - chunks[i][0] for i in mine if i in done),
         desc="simskip apply" if world_size == 1 else f"simskip apply (rank {rank}/{world_size})",
         unit="row",
         unit_scale=True,
@@ -613,11 +614,8 @@ def _run(
 
     def write(i: int, out: np.ndarray) -> None:
         _write_rows(fd, offset + chunks[i][0] * row_bytes, out)
-        if sync:
-            os.fdatasync(fd) if hasattr(os, "fdatasync") else os.fsync(fd)
-        recorded.append(i)
-        _write_json(files.progress(rank), {"key": key, "done": sorted(recorded)})
         written.add(i)
+        recorder.written(i)
 
     try:
         with (
@@ -639,7 +637,10 @@ def _run(
                     pending.result()
     finally:
         bar.close()
-        os.close(fd)
+        try:
+            recorder.close()
+        finally:
+            os.close(fd)
 
     _barrier(coordinated)
     complete = False
@@ -661,6 +662,72 @@ def _run(
         chunks_skipped=len(mine) - len(todo),
         rows_written=sum(chunks[i][1] - chunks[i][0] for i in written),
     )
+
+
+class _Recorder:
+    """Records finished chunks in this rank's progress file, only once their bytes are on disk.
+
+    With ``sync``, a background thread calls fdatasync every ``interval`` seconds and then records every
+    chunk whose write had completed before the call: the forward pass never waits for the disk, and a
+    recorded chunk is always durable. Without ``sync``, chunks are recorded as soon as they are written
+    (safe against a killed process, not against a machine crash).
+    """
+
+    interval = 2.0
+
+    def __init__(self, path: Path, key: str, done: list[int], fd: int, sync: bool) -> None:
+        self.path, self.key, self.done, self.fd, self.sync = path, key, done, fd, sync
+        self.pending: list[int] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread: threading.Thread | None = None
+        if sync:
+            self.thread = threading.Thread(target=self._loop, name="simskip-sync", daemon=True)
+            self.thread.start()
+
+    def written(self, chunk: int) -> None:
+        """Chunk ``chunk``'s bytes have been handed to the operating system."""
+        if self.error is not None:
+            raise self.error
+        if not self.sync:
+            self.done.append(chunk)
+            self._save()
+            return
+        with self.lock:
+            self.pending.append(chunk)
+
+    def _flush(self) -> None:
+        with self.lock:
+            batch, self.pending = self.pending, []
+        if not batch:
+            return
+        if hasattr(os, "fdatasync"):
+            os.fdatasync(self.fd)
+        else:  # pragma: no cover - macOS / Windows
+            os.fsync(self.fd)
+        self.done.extend(batch)
+        self._save()
+
+    def _save(self) -> None:
+        _write_json(self.path, {"key": self.key, "done": sorted(self.done)})
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                self._flush()
+            except BaseException as error:  # reported by written() / close()
+                self.error = error
+                return
+
+    def close(self) -> None:
+        """Stop the background thread and record what is written (after a final sync)."""
+        if self.thread is not None:
+            self.stop.set()
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
+        self._flush()
 
 
 def _prefetch(

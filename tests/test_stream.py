@@ -124,15 +124,17 @@ def test_killed_process_resumes_to_the_same_bytes(data: tuple[np.ndarray, Path],
     save_file(refiner.state_dict(), str(weights))
     out = tmp_path / "out.npy"
     script = f"""
-import os, signal, torch
+import os, signal, time, torch
 from safetensors.torch import load_file
 from simskip_core import stream
 from simskip_core.refiner import SkipRefiner
 torch.set_num_threads(1)
 refiner = SkipRefiner({D}); refiner.load_state_dict(load_file({str(weights)!r})); refiner.eval()
+stream._Recorder.interval = 0.01  # fdatasync + record often, so some chunks are recorded before the kill
 real, calls = stream._write_rows, [0]
 def write(fd, offset, array):
     calls[0] += 1
+    time.sleep(0.1)
     if calls[0] == 4:
         real(fd, offset, array[: len(array) // 2])  # half a chunk on disk, then a hard kill
         os.kill(os.getpid(), signal.SIGKILL)
@@ -145,9 +147,9 @@ stream.stream_apply(refiner, {str(path)!r}, {str(out)!r}, chunk_rows=150, progre
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     assert not out.exists() and (tmp_path / "out.npy.partial").exists()
     done = json.loads((tmp_path / "out.npy.manifest.r0.json").read_text(encoding="utf-8"))["done"]
-    assert done == [0, 1, 2]
+    assert done and set(done) <= {0, 1, 2}  # only chunks written (and synced) before the kill
     result = stream_apply(refiner, path, out, chunk_rows=150, progress=False)
-    assert result.complete and result.chunks_skipped == 3
+    assert result.complete and result.chunks_skipped == len(done)
     assert np.array_equal(np.load(out), _reference(refiner, x))
 
 
@@ -158,7 +160,7 @@ def test_sharded_ranks_write_disjoint_rows_of_one_output(
     refiner = _refiner()
     out = tmp_path / "out.npy"
     # Independent jobs (no process group), in any order: the last one to finish finalises the output.
-    first = stream_apply(refiner, path, out, chunk_rows=300, rank=2, world_size=3, progress=False)
+    first = stream_apply(refiner, path, out, chunk_rows=300, rank=2, world_size=3, sync=False, progress=False)
     assert not first.complete and not out.exists() and first.rows_written == 300 + 203  # chunks 5, 6 of 0-6
     second = stream_apply(refiner, path, out, chunk_rows=300, rank=0, world_size=3, progress=False)
     assert not second.complete and second.rows_written == 900  # chunks 0-2
