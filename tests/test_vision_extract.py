@@ -45,7 +45,9 @@ def test_features_follow_timms_transform_and_pooled_head(tiny, grey) -> None:
 def test_grey_rgb_and_pil_inputs_agree(tiny, grey) -> None:
     base = extract_features(tiny, grey, progress=False)
     rgb = np.repeat(grey[..., None], 3, axis=-1)
-    for variant in (rgb, grey[..., None], [Image.fromarray(img) for img in grey], torch.from_numpy(rgb)):
+    rgba = np.concatenate([rgb, np.full_like(grey[..., None], 7)], axis=-1)  # alpha is dropped
+    variants = (rgb, rgba, grey[..., None], [Image.fromarray(img) for img in grey], torch.from_numpy(rgb))
+    for variant in variants:
         np.testing.assert_allclose(
             extract_features(tiny, variant, progress=False), base, rtol=1e-5, atol=1e-6
         )

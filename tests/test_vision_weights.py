@@ -54,6 +54,7 @@ def test_pretrained_lite0_classifies_chelsea_as_a_cat() -> None:
         pooled = model.forward_head(model.forward_features(x), pre_logits=True)
         assert torch.equal(headless(x), pooled)
     assert headless.num_classes == 0 and not headless.training
+    assert model.pretrained_cfg["file"] == str(efficientnet_lite0_weights_path())  # provenance is recorded
 
 
 def test_mapping_renames_every_tensor_by_rule(package_state, lite0_empty) -> None:

@@ -41,8 +41,8 @@ _CACHE_VERSION = "simskip-vision-features-v1"
 class ImageSource:
     """Validated images, converted lazily to RGB PIL images one at a time.
 
-    Accepts a uint8 numpy array or torch tensor of shape (n, H, W) (grey), (n, H, W, 1) or
-    (n, H, W, 3) (channels last), or a sequence of PIL images. Build it with :func:`as_image_source`.
+    Accepts a uint8 numpy array or torch tensor of shape (n, H, W) (grey), (n, H, W, 1),
+    (n, H, W, 3) or (n, H, W, 4) (RGBA; alpha dropped), channels last, or a sequence of PIL images. Build it with :func:`as_image_source`.
     """
 
     def __init__(self, array: np.ndarray | None = None, pil: Sequence[Image.Image] | None = None) -> None:
@@ -105,14 +105,14 @@ def as_image_source(images: Any, *, name: str = "images") -> ImageSource:
             raise ValueError(
                 f"{name} has shape {shape}, which looks like one H×W×C image; add a batch axis: {name}[None]."
             )
-        if images.ndim == 4 and shape[1] in (1, 3) and shape[-1] not in (1, 3):
+        if images.ndim == 4 and shape[1] in (1, 3) and shape[-1] not in (1, 3, 4):
             raise ValueError(
                 f"{name} has shape {shape}, which looks channel-first (n, C, H, W); "
                 f"pass channels last: {name}.transpose(0, 2, 3, 1)."
             )
-        if images.ndim not in (3, 4) or (images.ndim == 4 and shape[-1] not in (1, 3)):
+        if images.ndim not in (3, 4) or (images.ndim == 4 and shape[-1] not in (1, 3, 4)):
             raise ValueError(
-                f"{name} must have shape (n, H, W) for grey or (n, H, W, 3) for RGB images, got {shape}."
+                f"{name} must have shape (n, H, W) for grey or (n, H, W, 3) for RGB (RGBA: 4) images, got {shape}."
             )
         if shape[0] == 0 or min(shape[1:3]) == 0:
             raise ValueError(f"{name} is empty (shape {shape}); pass at least one image.")

@@ -299,7 +299,10 @@ def create_backbone(
         checkpoint = efficientnet_lite0_weights_path()
     file = Path(checkpoint).expanduser()
     state = load_checkpoint(file)
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    # pretrained=False loads nothing; the overlay records where the weights below come from.
+    model = timm.create_model(
+        name, pretrained=False, pretrained_cfg_overlay={"file": str(file)}, num_classes=num_classes, **kwargs
+    )
     if _is_efficientnet_pytorch(state):
         mapped = efficientnet_pytorch_to_timm(state, model, origin=str(file))
         result = model.load_state_dict(mapped, strict=False)
