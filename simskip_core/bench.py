@@ -292,6 +292,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
             raise ValueError(
                 "--resume and --out name different folders; --resume continues the run in its own folder."
             )
+        given["command"] = base.command or given["command"]  # the command that defined the run
         if "suite" in given and "seeds" not in given and given["suite"] != base.suite:
             given["seeds"] = QUICK_SEEDS if given["suite"] == "quick" else FULL_SEEDS
         return replace(base, out=Path(resume), **given)

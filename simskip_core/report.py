@@ -198,6 +198,7 @@ def build_outputs(
     from simskip_core.bench import BenchResult, write_json_atomic
 
     out = config.out
+    sessions = _record_session(out, wall_seconds, cpu_seconds)
     records, cells, not_applicable, failures = _collect(config, tasks, methods)
     bootstrap = PairedBootstrap(n_boot=config.n_boot, seed=0)
     summaries = []
@@ -215,8 +216,11 @@ def build_outputs(
     run = {
         "config": config.to_dict(),
         "environment": dict(environment),
-        "wall_seconds": round(wall_seconds, 2),
-        "cpu_seconds": None if cpu_seconds is None else round(cpu_seconds, 2),
+        "wall_seconds": round(sum(x["wall_seconds"] for x in sessions), 2),
+        "cpu_seconds": None
+        if any(x.get("cpu_seconds") is None for x in sessions)
+        else round(sum(x["cpu_seconds"] for x in sessions), 2),
+        "sessions": sessions,
         "tasks": list(statuses),
         "summaries": summaries,
         "overall": overall,
@@ -257,6 +261,29 @@ def build_outputs(
     tmp.write_text(markdown, encoding="utf-8")
     os.replace(tmp, files["markdown table"])
     return BenchResult(run=run, summaries=summaries, files=files, markdown=markdown)
+
+
+def _record_session(out: Path, wall_seconds: float, cpu_seconds: float | None) -> list[dict[str, Any]]:
+    """Append this session (a first run or a ``--resume``) to ``<out>/sessions.json``; return them all."""
+    from simskip_core.bench import write_json_atomic
+
+    path = out / "sessions.json"
+    try:
+        sessions: list[dict[str, Any]] = (
+            json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+        )
+    except ValueError:
+        sessions = []
+    sessions.append(
+        {
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "argv": " ".join(sys.argv),
+            "wall_seconds": round(wall_seconds, 2),
+            "cpu_seconds": None if cpu_seconds is None else round(cpu_seconds, 2),
+        }
+    )
+    write_json_atomic(path, sessions)
+    return sessions
 
 
 # ============================================================================ CSV
@@ -399,9 +426,14 @@ def render_markdown(
         f"- git: {git.get('commit') or 'unknown'}{' (uncommitted changes)' if git.get('dirty') else ''}; "
         f"simskip {env['packages'].get('simskip')}, torch {env['packages'].get('torch')}, Python {env.get('python')}",
         f"- machine: {env.get('platform')}, {env.get('cpu_count')} CPU(s), torch threads {env.get('torch_threads')}, "
-        f"float32 matmul {env.get('gemm_gflops_float32')} GFLOP/s; wall time {run['wall_seconds'] / 60:.1f} min"
+        f"float32 matmul {env.get('gemm_gflops_float32')} GFLOP/s, {env.get('bench_jobs')} worker(s); "
+        f"wall time {run['wall_seconds'] / 60:.1f} min"
         + ("" if run.get("cpu_seconds") is None else f", CPU time {run['cpu_seconds'] / 60:.1f} min")
-        + " (this session; cells finished earlier are not counted)",
+        + (
+            f" over {len(run['sessions'])} sessions (interrupted and resumed)"
+            if len(run.get("sessions", [])) > 1
+            else ""
+        ),
         "",
         "Every method is fitted on the training embeddings only, with the task's default hyper-parameters, "
         "the same for every seed. Δ is the mean paired difference, its 95% interval and p-value come from a "
@@ -634,14 +666,21 @@ def write_plots(
         if status.get("status") == "ok":
             domains.setdefault(status["domain"], []).append(status["task"])
     for domain, names in sorted(domains.items()):
-        for name in sorted(names):
-            source = out / "projections" / f"{_slug(name)}.npz"
-            if source.is_file():
-                path = folder / f"projection-{_slug(domain)}.png"
-                _projection(source, name, path)
-                written[f"projection:{domain}"] = path
-                break
+        sources = [(name, out / "projections" / f"{_slug(name)}.npz") for name in sorted(names)]
+        sources = [(name, source) for name, source in sources if source.is_file()]
+        if sources:
+            # the task whose picture says most: class labels to colour by, then the most points
+            name, source = max(sources, key=_projection_rank)
+            path = folder / f"projection-{_slug(domain)}.png"
+            _projection(source, name, path)
+            written[f"projection:{domain}"] = path
     return written
+
+
+def _projection_rank(item: tuple[str, Path]) -> tuple[bool, int]:
+    with np.load(item[1], allow_pickle=False) as data:
+        labels = data["labels"]
+        return bool((labels >= 0).any()), len(labels)
 
 
 _FAMILY_COLOURS = {

@@ -300,8 +300,10 @@ def _finalise(comparisons: list[Comparison], alpha: float) -> None:
             c.outcome = "tie"
 
 
-def _fmt(mean: float, std: float) -> str:
-    return f"{mean:.4f} ± {std:.4f}"
+def _fmt(values: Sequence[float]) -> str:
+    """``mean ± std`` of several runs, the bare value of one."""
+    mean, std = mean_std(values)
+    return f"{mean:.4f}" if len(values) == 1 else f"{mean:.4f} ± {std:.4f}"
 
 
 def summarize_task(
@@ -391,8 +393,7 @@ def _verdict(
     best_baseline: str | None,
     rows: Mapping[str, Any],
 ) -> str:
-    mean, std = mean_std(best.values(primary))
-    text = f"best label-free method: {best.name} ({primary} {_fmt(mean, std)})"
+    text = f"best label-free method: {best.name} ({primary} {_fmt(best.values(primary))})"
     if best_baseline is None:
         return text + "; no non-learned baseline to compare with"
     learned = [r for r in ranked if is_refinement(r.name, r.family)]
@@ -426,13 +427,12 @@ def _fewlabel_verdict(using: Sequence[MethodRecord], rows: Mapping[str, Any]) ->
     if not candidates:
         return "no label-using method produced the k-shot metric"
     best = max(candidates, key=lambda r: mean_std(r.values(KSHOT_METRIC))[0])
-    mean, std = mean_std(best.values(KSHOT_METRIC))
     beating = [
         r.name
         for r in using
         if rows[r.name]["comparisons"].get("vs_fewlabel_probe", {}).get("outcome") == "win"
     ]
-    text = f"best label-using method on {KSHOT_METRIC}: {best.name} ({_fmt(mean, std)}); "
+    text = f"best label-using method on {KSHOT_METRIC}: {best.name} ({_fmt(best.values(KSHOT_METRIC))}); "
     text += f"beats the k-shot probe on raw embeddings beyond noise: {'yes (' + ', '.join(beating) + ')' if beating else 'no'}."
     return text
 

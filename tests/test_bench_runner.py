@@ -317,9 +317,11 @@ def test_resume_does_not_redo_finished_cells(plugin: SyntheticPlugin, tmp_path: 
 
     # a third run finds every cell done and does not even load the task
     loads = plugin.loads["synthetic/blobs"]
-    run_bench(config, resume=True)
+    third = run_bench(config, resume=True)
     assert plugin.loads["synthetic/blobs"] == loads
     assert sum(plugin.runs.values()) == 3
+    assert len(third.run["sessions"]) == 2  # the interrupted session wrote no report
+    assert third.run["wall_seconds"] == pytest.approx(sum(s["wall_seconds"] for s in third.run["sessions"]))
 
 
 def test_unknown_names_list_the_valid_ones(plugin: SyntheticPlugin, tmp_path: Path) -> None:
