@@ -125,3 +125,18 @@ def test_autoload_switch_skips_third_party_plugins(fresh_manager, example_instal
     assert all(manager.get_plugin(name) is not None for name in BUILTIN_PLUGINS)
     rows = {row["name"]: row["status"] for row in installed_plugins()}
     assert rows["example"].startswith("disabled")
+
+
+@pytest.mark.parametrize(
+    ("package", "host"), [("simskip_text", "sentence_transformers"), ("simskip_kg", "pykeen")]
+)
+def test_plugin_packages_import_their_host_library_lazily(package: str, host: str) -> None:
+    import subprocess
+
+    code = (
+        f"import sys, {package}; assert {host!r} not in sys.modules, 'eager import'; "
+        f"assert all(callable(getattr({package}, name)) for name in dir({package}))"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        __import__(package).nope  # noqa: B018

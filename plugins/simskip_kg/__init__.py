@@ -14,8 +14,7 @@ Heavy imports (pykeen) happen only when these names are first used.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from simskip_core.lazy import lazy_exports
 
 __all__ = [
     "DatasetMismatchError",
@@ -62,11 +61,4 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'simskip_kg' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

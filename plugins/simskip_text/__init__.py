@@ -14,8 +14,7 @@ Heavy imports (sentence-transformers, torch models) happen only when these names
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from simskip_core.lazy import lazy_exports
 
 __all__ = [
     "SimSkipStage",
@@ -36,11 +35,4 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'simskip_text' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

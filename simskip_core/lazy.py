@@ -1,0 +1,30 @@
+"""Lazy package exports (PEP 562), so importing a plugin package does not import its host library."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["lazy_exports"]
+
+
+def lazy_exports(
+    package: str, exports: Mapping[str, str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """Module-level ``__getattr__`` and ``__dir__`` for ``package``.
+
+    ``exports`` maps each public name to the submodule defining it; the submodule is imported the
+    first time the name is accessed. Use as
+    ``__getattr__, __dir__ = lazy_exports(__name__, {"refine_model": "simskip_text.refine"})``.
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name in exports:
+            return getattr(importlib.import_module(exports[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted(exports)
+
+    return __getattr__, __dir__
