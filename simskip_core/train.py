@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,12 +20,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from simskip_core import distributed as _dist
 from simskip_core.augment import Augmentation, Compose, FeatureMask, GaussianNoise
 from simskip_core.errors import CorruptModelError
 from simskip_core.losses.base import ContrastiveLoss
 from simskip_core.pairs import PairSignal
 from simskip_core.refiner import SkipRefiner
+
+if TYPE_CHECKING:
+    from simskip_core import distributed as _dist
+
+# simskip_core.distributed is imported where it is used, so that importing the package does not import it
+# (``python -m simskip_core.distributed`` would otherwise run a module already in sys.modules).
 
 __all__ = ["TrainConfig", "fit_refiner"]
 
@@ -221,13 +226,17 @@ class _Step(nn.Module):
         index: torch.Tensor,
         sizes: list[int] | None = None,
     ) -> torch.Tensor:
+        from simskip_core import distributed as _dist
+
         h_a, h_b = self.refiner(view_a), self.refiner(view_b)  # (b, d)
         z_a, z_b = self.refiner.project(h_a), self.refiner.project(h_b)  # (b, k)
         if sizes is not None:
             # The loss sees the global batch; projections and features travel separately so that a loss
             # ignoring one of them leaves that gather out of the backward graph (unused stays unused).
-            z_a, z_b = _dist.gather_with_grad(torch.cat([z_a, z_b], dim=1), sizes).chunk(2, dim=1)  # (B, k) each
-            h_a, h_b = _dist.gather_with_grad(torch.cat([h_a, h_b], dim=1), sizes).chunk(2, dim=1)  # (B, d) each
+            z = _dist.gather_with_grad(torch.cat([z_a, z_b], dim=1), sizes)  # (B, 2k)
+            h = _dist.gather_with_grad(torch.cat([h_a, h_b], dim=1), sizes)  # (B, 2d)
+            z_a, z_b = z.chunk(2, dim=1)
+            h_a, h_b = h.chunk(2, dim=1)
             index = _dist.gather_without_grad(index, sizes)  # (B,)
         positives, per_signal = _masks(index.cpu(), self.signals)
         device = z_a.device
@@ -276,6 +285,8 @@ def _batch_loss(
     rowwise: bool = True,
 ) -> torch.Tensor:
     """The loss of batch ``index``; with ``world_size > 1`` this rank computes its slice and the loss is global."""
+    from simskip_core import distributed as _dist
+
     sizes = _dist.split_sizes(len(index), world_size) if world_size > 1 else None
     lo = sum(sizes[:rank]) if sizes else 0
     hi = lo + sizes[rank] if sizes else len(index)
@@ -351,6 +362,8 @@ def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torc
 
 
 def _resolve_distributed(config: TrainConfig) -> _dist.DistInfo:
+    from simskip_core import distributed as _dist
+
     if config.distributed is False:
         return _dist.DistInfo()
     if config.distributed and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -363,6 +376,8 @@ def _resolve_distributed(config: TrainConfig) -> _dist.DistInfo:
 
 
 def _resolve_device(config: TrainConfig, info: _dist.DistInfo) -> torch.device:
+    from simskip_core import distributed as _dist
+
     if config.device is None:
         return _dist.default_device(info)
     device = torch.device(config.device)
@@ -402,6 +417,8 @@ def fit_refiner(
     the ranks share each global batch, validation runs on rank 0 (``val_score`` too) and its result is
     broadcast, and only rank 0 writes checkpoints. Every rank returns the same weights and history.
     """
+    from simskip_core import distributed as _dist
+
     info = _resolve_distributed(config)
     world, rank = info.world_size, info.rank
     device = _resolve_device(config, info)
