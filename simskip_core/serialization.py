@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +17,19 @@ from safetensors.torch import load_file, save_file
 
 from simskip_core.errors import CorruptModelError
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "read_model_dir", "write_model_dir"]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "atomic_folder", "read_model_dir", "write_model_dir"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-def write_model_dir(
-    path: str | Path, config: dict[str, Any], tensors: dict[str, torch.Tensor], *, overwrite: bool = False
-) -> Path:
-    """Write ``config`` and ``tensors`` into the folder ``path`` atomically.
+@contextmanager
+def atomic_folder(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty staging folder that replaces ``path`` only when the ``with`` block succeeds.
 
-    Everything is written into a temporary sibling folder that is renamed into place only when
-    complete, so a failure (disk full, a non-serialisable config) leaves no half-written model and
-    never damages an existing one. An existing ``path`` is an error unless ``overwrite=True``.
+    The staging folder is a temporary sibling of ``path``, renamed into place when complete, so a
+    failure (disk full, a non-serialisable config) leaves no half-written folder and never damages
+    an existing one. An existing ``path`` is an error unless ``overwrite=True``.
     """
     target = Path(path).expanduser()
     if target.exists() and not overwrite:
@@ -38,9 +39,7 @@ def write_model_dir(
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
-        text = json.dumps(config, indent=2, sort_keys=True)
-        (staging / CONFIG_NAME).write_text(text + "\n", encoding="utf-8")
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(staging / WEIGHTS_NAME))
+        yield staging
         if target.exists():
             backup = target.with_name(f".{target.name}.old")
             shutil.rmtree(backup, ignore_errors=True)
@@ -52,7 +51,17 @@ def write_model_dir(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return target
+
+
+def write_model_dir(
+    path: str | Path, config: dict[str, Any], tensors: dict[str, torch.Tensor], *, overwrite: bool = False
+) -> Path:
+    """Write ``config`` and ``tensors`` into the folder ``path`` atomically (see :func:`atomic_folder`)."""
+    with atomic_folder(path, overwrite=overwrite) as staging:
+        text = json.dumps(config, indent=2, sort_keys=True)
+        (staging / CONFIG_NAME).write_text(text + "\n", encoding="utf-8")
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(staging / WEIGHTS_NAME))
+    return Path(path).expanduser()
 
 
 def read_model_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
