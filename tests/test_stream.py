@@ -233,3 +233,15 @@ def test_clear_errors(data: tuple[np.ndarray, Path], tmp_path: Path) -> None:
         stream_apply(torch.nn.Identity(), path, tmp_path / "o.npy", rank=0, world_size=2, resume=False)
     with pytest.raises(ValueError, match="chunk_rows"):
         stream_apply(torch.nn.Identity(), path, tmp_path / "o.npy", chunk_rows=0)
+
+
+def test_cpu_blocks_inside_a_chunk_do_not_change_the_output(
+    data: tuple[np.ndarray, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x, path = data
+    refiner = _refiner()
+    monkeypatch.setattr(
+        stream_module, "CPU_BLOCK_ROWS", 300
+    )  # chunks of 1000 rows: blocks 300, 300, 300, 100
+    stream_apply(refiner, path, tmp_path / "out.npy", chunk_rows=1000, device="cpu", progress=False)
+    assert np.array_equal(np.load(tmp_path / "out.npy"), _reference(refiner, x))
