@@ -302,7 +302,7 @@ def _write_results_csv(
 ) -> None:
     domains = {s["task"]: s.get("domain") for s in statuses}
     header = ["task", "domain", "section", "method", "family", "metric", "mean", "std", "n_runs"]
-    for ref in ("identity", "best_baseline", "fewlabel_probe"):
+    for ref in ("identity", "best_baseline", "fewlabel_probe", "control"):
         header += [
             f"{ref}_reference",
             f"diff_vs_{ref}",
@@ -329,7 +329,7 @@ def _write_results_csv(
                     "n_runs": row["n_runs"],
                     **row.get("timings", {}),
                 }
-                for ref in ("identity", "best_baseline", "fewlabel_probe"):
+                for ref in ("identity", "best_baseline", "fewlabel_probe", "control"):
                     c = row["comparisons"].get(f"vs_{ref}")
                     if c is not None and c["metric"] == metric:
                         entry.update(

@@ -54,6 +54,8 @@ def is_refinement(name: str, family: str) -> bool:
 #: Reference methods.
 IDENTITY = "identity"
 FEWLABEL_REFERENCE = "fewlabel-probe"
+#: The trained refiner and its random-residual control.
+TRAINED, CONTROL = "simskip-ntxent", "random-residual"
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -367,6 +369,12 @@ def summarize_task(
             if r.name != IDENTITY and "vs_identity" in rows[r.name]["comparisons"]:
                 rows[r.name]["comparisons"]["vs_best_baseline"] = rows[r.name]["comparisons"]["vs_identity"]
 
+    trained, control = by_name.get(TRAINED), by_name.get(CONTROL)
+    if trained is not None and control is not None and trained.values(primary) and control.values(primary):
+        # one planned comparison (no Holm adjustment): does training beat a random map of the same size?
+        versus = bootstrap.compare(trained, control, primary)
+        _finalise([versus], bootstrap.alpha)
+        rows[TRAINED]["comparisons"]["vs_control"] = versus.to_dict()
     summary: dict[str, Any] = {
         "task": task,
         "primary_metric": primary,
@@ -413,12 +421,11 @@ def _verdict(
         text += f". Refinement beats the best non-learned option ({best_baseline}) beyond noise: no"
     if losing:
         text += f"; significantly worse than it: {', '.join(losing)}"
-    ntx, control = rows.get("simskip-ntxent"), rows.get("random-residual")
-    if ntx is not None and control is not None:
-        ntx_mean = ntx["metrics"].get(primary, {}).get("mean")
-        ctl_mean = control["metrics"].get(primary, {}).get("mean")
-        if ntx_mean is not None and ctl_mean is not None:
-            text += f". simskip-ntxent vs its random-residual control: {ntx_mean - ctl_mean:+.4f}"
+    versus = rows.get(TRAINED, {}).get("comparisons", {}).get("vs_control")
+    if versus is not None:
+        p = versus["p_value"]
+        p_text = "" if p is None else f", p = {p:.3f}: {versus['outcome']}"
+        text += f". {TRAINED} vs its {CONTROL} control: {versus['diff']:+.4f}{p_text}"
     return text + "."
 
 
