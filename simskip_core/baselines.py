@@ -126,29 +126,45 @@ class CenterL2(Baseline):
 
 
 class Whitening(Baseline):
-    """PCA whitening: centre, rotate onto the principal axes and scale each to unit variance.
+    """Whitening: centre, then scale each principal direction of the training data to unit variance.
+
+    Only directions the training data actually spans are kept (eigenvalues above ``rel_tol`` times
+    the largest; at most n - 1 of them): with fewer rows than dimensions the null space would
+    otherwise be scaled by 1/sqrt(eps) and blow up every new vector.
 
     Args:
-        k: keep the top-k principal directions (None: all of them).
+        k: keep at most the top-k principal directions (None: every spanned direction).
         eps: added to eigenvalues before the inverse square root.
+        zca: rotate back into the input space (ZCA; keeps the dimension d, which hosts such as a
+            sentence-transformers pipeline or a KG model need) instead of returning the k principal
+            coordinates (PCA whitening). Distances and cosines are the same either way.
+        rel_tol: eigenvalues below ``rel_tol * max`` count as outside the span.
     """
 
-    def __init__(self, k: int | None = None, eps: float = 1e-6) -> None:
+    def __init__(
+        self, k: int | None = None, eps: float = 1e-6, zca: bool = True, rel_tol: float = 1e-6
+    ) -> None:
         super().__init__()
         if k is not None and k < 1:
             raise ValueError(f"k must be >= 1 or None, got {k}.")
         self.k = k
         self.eps = eps
+        self.zca = zca
+        self.rel_tol = rel_tol
 
     def _fit(self, x: torch.Tensor) -> nn.Module:
         mean = x.mean(0)
         values, vectors = _principal_axes(x - mean)
-        k = vectors.shape[1] if self.k is None else min(self.k, vectors.shape[1])
-        weight = vectors[:, :k] / torch.sqrt(values[:k] + self.eps)
+        spanned = int((values > self.rel_tol * values[0].clamp(min=1e-300)).sum())
+        k = max(1, min(spanned, x.shape[0] - 1, vectors.shape[1] if self.k is None else self.k))
+        basis = vectors[:, :k]  # (d, k)
+        weight = basis / torch.sqrt(values[:k] + self.eps)  # (d, k)
+        if self.zca:
+            weight = weight @ basis.T  # (d, d), rank k
         return AffineMap(mean, weight)
 
     def config(self) -> dict[str, Any]:
-        return {"k": self.k, "eps": self.eps}
+        return {"k": self.k, "eps": self.eps, "zca": self.zca, "rel_tol": self.rel_tol}
 
 
 class AllButTheTop(Baseline):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from simskip_core.api import SimSkip
-from simskip_core.baselines import AffineMap, RandomResidual, Whitening, baseline_resolver
+from simskip_core.baselines import RandomResidual, baseline_resolver
 from simskip_core.select import Probe
 from simskip_core.tasks import Method, MethodOutput, Task, TaskData
 
@@ -165,38 +165,11 @@ def _output(
 
 
 # ---------------------------------------------------------------------------------------------- methods
-def _span_whitening(x: np.ndarray) -> AffineMap:
-    """ZCA whitening of the directions the rows of ``x`` span: (x - mean) V diag(1/sqrt(lambda)) V^T
-    over the top min(d, n - 1) principal directions. The dimension is kept (hosts such as a KG model
-    need it) and, unlike ``Whitening(k=None)``, the null space of the training covariance is dropped
-    rather than scaled by 1/sqrt(eps): with n <= d it would blow up every test vector."""
-    n, d = x.shape
-    pca = Whitening(k=max(1, min(d, n - 1))).fit(x)
-    module = pca.module()
-    assert isinstance(module, AffineMap) and module.weight is not None
-    weight = module.weight.double()
-    basis = weight / weight.norm(dim=0, keepdim=True).clamp(min=1e-12)  # V_k, orthonormal columns
-    return AffineMap(module.mean, weight @ basis.T).eval()
-
-
 def _baseline(name: str) -> Callable[[Task, TaskData, int, dict[str, Any]], MethodOutput]:
     def run(task: Task, data: TaskData, seed: int, state: dict[str, Any]) -> MethodOutput:
         tic = time.perf_counter()
-        config: dict[str, Any]
-        if name == "whitening":
-            module = _span_whitening(data.train.vectors)
-            n, d = data.train.vectors.shape
-            config = {"kind": "zca on the training span", "k": max(1, min(d, n - 1))}
-
-            def transform(x: np.ndarray) -> np.ndarray:
-                with torch.no_grad():
-                    out: np.ndarray = (
-                        module(torch.as_tensor(x, dtype=torch.float32)).numpy().astype(np.float32)
-                    )
-                return out
-        else:
-            model = baseline_resolver.make(name).fit(data.train.vectors)
-            config, transform = model.config(), model.transform
+        model = baseline_resolver.make(name).fit(data.train.vectors)
+        config, transform = model.config(), model.transform
         fit_seconds = time.perf_counter() - tic
         train, test, apply_seconds = _apply(transform, data)
         return _output(train, test, fit_seconds, apply_seconds, config=config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.model_selection import StratifiedShuffleSplit
@@ -14,7 +14,9 @@ from simskip_core.evaluation import knn_correct, probe_correct
 __all__ = ["LabelProbe", "Probe", "select_candidate"]
 
 #: A probe scores candidate embeddings (rows aligned with the fit data) on validation split ``split_seed``;
-#: higher is better. Each domain plugin supplies a default through ``simskip_default_probe``.
+#: higher is better. Each domain plugin supplies a default through ``simskip_default_probe``. A probe
+#: should say whether it reads class labels with a ``uses_labels`` attribute; the suite reports a probe
+#: that does not say as label-using.
 Probe = Callable[[np.ndarray, int], float]
 
 
@@ -29,6 +31,9 @@ class LabelProbe:
         val_fraction: share of labelled rows scored in each split.
         k: neighbours for "knn".
     """
+
+    #: A label probe reads class labels, so auto mode guided by it is a label-using mode.
+    uses_labels: ClassVar[bool] = True
 
     labels: np.ndarray
     metric: str = "knn"

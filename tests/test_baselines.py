@@ -31,11 +31,30 @@ def test_identity_and_center_l2(anisotropic: np.ndarray) -> None:
     np.testing.assert_allclose(out, centred / np.linalg.norm(centred, axis=1, keepdims=True), atol=1e-5)
 
 
-def test_whitening_gives_unit_covariance(anisotropic: np.ndarray) -> None:
-    out = Whitening().fit_transform(anisotropic)
+@pytest.mark.parametrize("zca", [True, False])
+def test_whitening_gives_unit_covariance(anisotropic: np.ndarray, zca: bool) -> None:
+    out = Whitening(zca=zca).fit_transform(anisotropic)
     np.testing.assert_allclose(np.cov(out.T), np.eye(6), atol=1e-3)
-    top = Whitening(k=2).fit_transform(anisotropic)
-    assert top.shape == (500, 2)
+    top = Whitening(k=2, zca=zca).fit_transform(anisotropic)
+    assert top.shape == ((500, 6) if zca else (500, 2))
+    spectrum = np.linalg.svd(np.atleast_2d(np.cov(top.T)), compute_uv=False)
+    np.testing.assert_allclose(spectrum, [1, 1, 0, 0, 0, 0][: len(spectrum)], atol=1e-3)
+
+
+def test_zca_and_pca_whitening_agree_on_distances(anisotropic: np.ndarray) -> None:
+    zca = Whitening(zca=True).fit_transform(anisotropic)
+    pca = Whitening(zca=False).fit_transform(anisotropic)
+    np.testing.assert_allclose(np.linalg.norm(zca, axis=1), np.linalg.norm(pca, axis=1), rtol=1e-4)
+
+
+def test_whitening_with_fewer_rows_than_dimensions_stays_bounded() -> None:
+    rng = np.random.default_rng(1)
+    train, new = rng.normal(size=(20, 64)).astype(np.float32), rng.normal(size=(5, 64)).astype(np.float32)
+    model = Whitening().fit(train)
+    out_train, out_new = model.transform(train), model.transform(new)
+    # only the 19 spanned directions are scaled; a new vector's norm stays of the training rows' order
+    assert np.linalg.norm(out_new, axis=1).max() < 10 * np.linalg.norm(out_train, axis=1).max()
+    assert np.linalg.matrix_rank(out_train, tol=1e-3) == 19
 
 
 def test_all_but_the_top_removes_dominant_direction(anisotropic: np.ndarray) -> None:
