@@ -666,7 +666,7 @@ def _evaluate(task: Task, data: TaskData, out: MethodOutput, seed: int) -> EvalR
     from simskip_core.plugins import get_plugin_manager
 
     result = get_plugin_manager().hook.simskip_evaluate(
-        task=task, data=data, train=out.train, test=out.test, seed=seed
+        task=task, data=data, train=out.train, test=out.test, seed=seed, extras=out.extras
     )
     if result is None:
         raise RuntimeError(

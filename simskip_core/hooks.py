@@ -43,9 +43,13 @@ def simskip_extract_embeddings(source: Any, options: Mapping[str, Any]) -> Embed
 
 @hookspec(firstresult=True)
 def simskip_evaluate(
-    task: Task, data: TaskData, train: np.ndarray, test: np.ndarray, seed: int
+    task: Task, data: TaskData, train: np.ndarray, test: np.ndarray, seed: int, extras: Mapping[str, Any]
 ) -> EvalResult | None:
-    """Score refined ``train``/``test`` vectors on ``task``'s downstream metric; None if ``task`` is not yours."""
+    """Score refined ``train``/``test`` vectors on ``task``'s downstream metric; None if ``task`` is not yours.
+
+    ``extras`` is the producing method's :attr:`~simskip_core.tasks.MethodOutput.extras` (in-memory
+    objects for the evaluator, e.g. re-fitted KG relations); an implementation may omit the argument.
+    """
 
 
 @hookspec

@@ -122,12 +122,17 @@ class EvalResult:
 
 @dataclass
 class MethodOutput:
-    """Vectors a method produced for a task's train and test items, with timing and notes."""
+    """Vectors a method produced for a task's train and test items, with timing and notes.
+
+    ``info`` is JSON-serialisable and stored with the results; ``extras`` holds in-memory objects the
+    method hands to the evaluator (e.g. re-fitted KG relation vectors) and is never stored.
+    """
 
     train: np.ndarray
     test: np.ndarray
     fit_seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

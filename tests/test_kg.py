@@ -386,7 +386,7 @@ def test_kg_task_loads_evaluates_and_runs_the_refit_methods(tmp_path, monkeypatc
     assert data.train.ids[0] == data.context["dataset"].training.entity_to_id.__iter__().__next__()
     hook = get_plugin_manager().hook
     x = data.test.vectors
-    result = hook.simskip_evaluate(task=task, data=data, train=x, test=x, seed=0)
+    result = hook.simskip_evaluate(task=task, data=data, train=x, test=x, seed=0, extras={})
     assert result.metrics["mrr"] == pytest.approx(
         _pykeen_metrics(data.context["model"], data.context["dataset"])["mrr"]
     )
@@ -397,18 +397,23 @@ def test_kg_task_loads_evaluates_and_runs_the_refit_methods(tmp_path, monkeypatc
     methods = {m.name: m for declared in hook.simskip_task_methods(task=task) if declared for m in declared}
     out = methods["identity+relation-refit"].run(task, data, 0, {})
     assert np.array_equal(out.test, x)  # raw entities...
-    refit = hook.simskip_evaluate(task=task, data=data, train=out.train, test=out.test, seed=0)
+    refit = hook.simskip_evaluate(
+        task=task, data=data, train=out.train, test=out.test, seed=0, extras=out.extras
+    )
     assert refit.metrics != result.metrics  # ...evaluated with their re-fitted relations
     assert (
-        hook.simskip_evaluate(task=task, data=data, train=x, test=x.copy(), seed=0).metrics == result.metrics
+        hook.simskip_evaluate(task=task, data=data, train=x, test=x.copy(), seed=0, extras={}).metrics
+        == result.metrics
     )
     short = dataclasses.replace(task, defaults={**task.defaults, "epochs": 5})  # keep the test quick
     refined = methods["simskip-ntxent+relation-refit"].run(short, data, 0, {})
     assert refined.test.shape == x.shape and not np.array_equal(refined.test, x)
     assert refined.info["refit_epochs"] == 2 and refined.info["entities"] == "simskip-ntxent"
-    with_refit = hook.simskip_evaluate(task=task, data=data, train=refined.train, test=refined.test, seed=0)
+    with_refit = hook.simskip_evaluate(
+        task=task, data=data, train=refined.train, test=refined.test, seed=0, extras=refined.extras
+    )
     without = hook.simskip_evaluate(
-        task=task, data=data, train=refined.train, test=refined.test.copy(), seed=0
+        task=task, data=data, train=refined.train, test=refined.test, seed=0, extras={}
     )
     assert with_refit.metrics != without.metrics
 

@@ -148,13 +148,15 @@ def test_evaluate_hook_classification_and_similarity():
     hook = get_plugin_manager().hook
     task, data = _toy_classification()
     result = hook.simskip_evaluate(
-        task=task, data=data, train=data.train.vectors, test=data.test.vectors, seed=0
+        task=task, data=data, train=data.train.vectors, test=data.test.vectors, seed=0, extras={}
     )
     assert set(result.metrics) == set(task.metrics)
     assert result.metrics["probe_acc"] > 0.7
     # A useless representation scores at chance level: the evaluator really looks at the vectors.
     noise = np.random.default_rng(1).normal(size=data.train.vectors.shape).astype(np.float32)
-    worse = hook.simskip_evaluate(task=task, data=data, train=noise, test=noise[::-1].copy(), seed=0)
+    worse = hook.simskip_evaluate(
+        task=task, data=data, train=noise, test=noise[::-1].copy(), seed=0, extras={}
+    )
     assert worse.metrics["probe_acc"] < result.metrics["probe_acc"]
 
     sim_task = next(t for t in text_tasks.text_tasks() if t.name == "text/simlex999")
@@ -164,7 +166,9 @@ def test_evaluate_hook_classification_and_similarity():
         sim = TaskData(
             EmbeddingSet(vectors), EmbeddingSet(vectors), {"kind": "similarity", "pairs": pairs, "gold": gold}
         )
-        result = hook.simskip_evaluate(task=sim_task, data=sim, train=vectors, test=vectors, seed=0)
+        result = hook.simskip_evaluate(
+            task=sim_task, data=sim, train=vectors, test=vectors, seed=0, extras={}
+        )
         assert result.metrics["spearman"] == pytest.approx(rho)
 
 

@@ -101,10 +101,11 @@ def simskip_extract_embeddings(source: Any, options: Mapping[str, Any]) -> Embed
 
 @hookimpl
 def simskip_evaluate(
-    task: Task, data: TaskData, train: np.ndarray, test: np.ndarray, seed: int
+    task: Task, data: TaskData, train: np.ndarray, test: np.ndarray, seed: int, extras: Mapping[str, Any]
 ) -> EvalResult | None:
-    """Filtered link prediction (MRR, Hits@1/3/10) with the entity vectors written back (kg tasks only)."""
-    return _tasks.evaluate(task, data, train, test, seed)
+    """Filtered link prediction (MRR, Hits@1/3/10) with the entity vectors written back (kg tasks only);
+    re-fitted relations in ``extras`` are written back too."""
+    return _tasks.evaluate(task, data, train, test, seed, extras)
 
 
 @hookimpl

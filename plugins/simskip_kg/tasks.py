@@ -49,7 +49,8 @@ TRAIN_EPOCHS = {"full": 100, "quick": 30}
 #: Relation re-fit epochs of the re-fit methods (full suite, quick suite).
 REFIT_EPOCHS = {"full": 50, "quick": 20}
 NEIGHBOURS = "kg_neighbours"
-_REFITS = "relation_refits"
+#: Key of the re-fitted relation vectors in a re-fit method's ``MethodOutput.extras``.
+RELATIONS = "relations"
 
 
 def _is_kg(task: Task) -> bool:
@@ -95,7 +96,6 @@ def _loader(dataset: str, model: str) -> Any:
             "spec": spec,
             "train_info": info,
             "quick": options.quick,
-            _REFITS: [],
         }
         return TaskData(train=entities, test=entities, context=context)
 
@@ -123,19 +123,18 @@ def kg_tasks() -> list[Task]:
     return tasks
 
 
-def _refit_for(data: TaskData, test: np.ndarray) -> np.ndarray | None:
-    """Relation vectors a re-fit method registered for exactly this ``test`` array object, if any."""
-    for array, relations in data.context.get(_REFITS, []):
-        if array is test:
-            return relations
-    return None
-
-
-def evaluate(task: Task, data: TaskData, train: np.ndarray, test: np.ndarray, seed: int) -> EvalResult | None:
+def evaluate(
+    task: Task,
+    data: TaskData,
+    train: np.ndarray,
+    test: np.ndarray,
+    seed: int,
+    extras: Mapping[str, Any] | None = None,
+) -> EvalResult | None:
     """Write ``test`` (entity vectors) into a copy of the task's model and run the filtered evaluation.
 
-    When ``test`` is the very array a relation re-fit method returned, its re-fitted relations are
-    written too. Returns None for tasks of other domains.
+    When the method's ``extras`` hold re-fitted relation vectors (key ``"relations"``, set by the
+    relation re-fit methods), they are written too. Returns None for tasks of other domains.
     """
     if not _is_kg(task):
         return None
@@ -144,7 +143,7 @@ def evaluate(task: Task, data: TaskData, train: np.ndarray, test: np.ndarray, se
 
     ds = data.context["dataset"]
     model = with_entity_vectors(data.context["model"], test)
-    relations = _refit_for(data, test)
+    relations = (extras or {}).get(RELATIONS)
     if relations is not None:
         model = with_relation_vectors(model, relations, copy_model=False)
     return evaluate_link_prediction(
@@ -186,7 +185,6 @@ def _refit_output(data: TaskData, model: Any, seed: int, fit_seconds: float, **i
     result = refit_relations(model, data.context["dataset"].training, epochs=epochs, seed=seed)
     entities, _ = extract_entity_vectors(result.model)
     relations, _ = extract_relation_vectors(result.model)
-    data.context.setdefault(_REFITS, []).append((entities, relations))
     return MethodOutput(
         train=entities,
         test=entities,
@@ -198,6 +196,7 @@ def _refit_output(data: TaskData, model: Any, seed: int, fit_seconds: float, **i
             "refit_final_loss": result.losses[-1] if result.losses else None,
             "apply_seconds": 0.0,
         },
+        extras={RELATIONS: relations},
     )
 
 
