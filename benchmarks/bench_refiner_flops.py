@@ -8,8 +8,8 @@ In one run, interleaved so that a busy machine slows both sides alike:
 2. the refiner's achieved rate, counting FLOPs from the layer sizes:
    * training: ``fit_refiner`` itself (augmentations, masks, NT-Xent, AdamW included) on n rows,
      one epoch, time from its history;
-   * applying: the in-memory forward pass in 65,536-row chunks (as ``SimSkip.transform`` does it) and
-     in 8,192-row blocks (as ``stream_apply`` computes on the CPU), and ``stream_apply`` from a ``.npy``
+   * applying: the in-memory forward pass in 65,536-row chunks and in 8,192-row blocks (as
+     ``SimSkip.transform`` and ``stream_apply`` compute on the CPU), and ``stream_apply`` from a ``.npy``
      file to a ``.npy`` file (its reads, writes and fdatasync included).
 
 FLOP count of a linear layer (in -> out) on m rows: forward 2·m·in·out, weight gradient 2·m·in·out,
@@ -200,11 +200,11 @@ def main() -> None:
         f"({med['mm_train']:.1f}); target >= 40%"
     )
     print(
-        f"apply, {args.chunk}-row chunks in memory (SimSkip.transform): {med['apply']:.1f} GFLOP/s = "
+        f"apply, {args.chunk}-row chunks in memory: {med['apply']:.1f} GFLOP/s = "
         f"{report['ratio_apply_in_memory']:.0%} of matmul at its shapes ({med['mm_apply']:.1f}); target >= 70%"
     )
     print(
-        f"apply, {block}-row blocks in memory: {med['apply_block']:.1f} GFLOP/s = "
+        f"apply, {block}-row blocks in memory (as SimSkip.transform and stream_apply compute): {med['apply_block']:.1f} GFLOP/s = "
         f"{report['ratio_apply_in_memory_blocks']:.0%}; stream_apply file to file: {med['stream']:.1f} GFLOP/s = "
         f"{report['ratio_apply_stream']:.0%} of matmul at the block shapes ({med['mm_apply_block']:.1f}); target >= 70%"
     )
