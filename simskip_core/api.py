@@ -22,6 +22,7 @@ from simskip_core.pairs import build_signals
 from simskip_core.refiner import SkipRefiner
 from simskip_core.select import LabelProbe, Probe, select_candidate
 from simskip_core.serialization import read_model_dir, write_model_dir
+from simskip_core.stream import MIN_GEMM_ROWS
 from simskip_core.train import TrainConfig, fit_refiner
 
 __all__ = ["DEFAULT_AUGMENT", "SimSkip"]
@@ -365,13 +366,22 @@ class SimSkip:
 
 
 def _apply(module: nn.Module, x: np.ndarray) -> np.ndarray:
-    """Forward ``x`` through ``module`` in chunks without gradients; float32 output."""
+    """Forward ``x`` through ``module`` in chunks without gradients; float32 output.
+
+    A final chunk of fewer than ``MIN_GEMM_ROWS`` rows is zero-padded, as :func:`stream_apply` does,
+    so the two give bit-identical rows whatever the number of rows.
+    """
     module.eval()
     outputs = []
     with torch.no_grad():
         for start in range(0, x.shape[0], _APPLY_CHUNK):
-            chunk = torch.from_numpy(np.ascontiguousarray(x[start : start + _APPLY_CHUNK], dtype=np.float32))
-            outputs.append(module(chunk).numpy())
+            rows = np.ascontiguousarray(x[start : start + _APPLY_CHUNK], dtype=np.float32)
+            count = rows.shape[0]
+            if count < MIN_GEMM_ROWS:
+                rows = np.concatenate(
+                    [rows, np.zeros((MIN_GEMM_ROWS - count, rows.shape[1]), dtype=np.float32)]
+                )
+            outputs.append(module(torch.from_numpy(rows)).numpy()[:count])
     return np.concatenate(outputs).astype(np.float32, copy=False)
 
 

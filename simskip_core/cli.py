@@ -71,6 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: keep the identity unless a candidate beats it on a k-NN probe over --labels",
     )
     refine.add_argument("--normalize-output", action="store_true", help="L2-normalise the refined vectors")
+    refine.add_argument(
+        "--stream",
+        action="store_true",
+        help="write OUT chunk by chunk (memory bounded by --chunk-rows, resumable after an interruption); "
+        "IN may also be a folder of .npy shards. Use with --model for inputs larger than memory.",
+    )
+    refine.add_argument("--chunk-rows", type=int, default=65536, help="rows per chunk with --stream")
+    refine.add_argument(
+        "--no-resume", action="store_true", help="with --stream: start again instead of resuming"
+    )
+    refine.add_argument(
+        "--device", default=None, help="with --stream: cpu, cuda, cuda:1, ... (default: auto)"
+    )
+    refine.add_argument("--bf16", action="store_true", help="with --stream on a GPU: bf16 autocast")
     refine.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sub.add_parser("plugins", help="list installed simskip plugins and their tasks")
@@ -96,6 +110,8 @@ def _refine(args: argparse.Namespace) -> int:
 
     if args.output.exists() and not args.overwrite:
         raise SystemExit(f"simskip: {args.output} exists; pass --overwrite to replace it.")
+    if args.stream and args.model is not None:
+        return _stream(args, SimSkip.load(args.model))
     x = _load_npy(args.input, "input")
     if args.model is not None:
         model = SimSkip.load(args.model)
@@ -115,6 +131,8 @@ def _refine(args: argparse.Namespace) -> int:
         ).fit(x, labels=labels, pairs=pairs)
         if args.save_model is not None:
             model.save(args.save_model, overwrite=args.overwrite)
+    if args.stream:
+        return _stream(args, model)
     refined = model.transform(x)
     tmp = args.output.with_name(args.output.name + ".tmp.npy")
     np.save(tmp, refined)
@@ -123,6 +141,24 @@ def _refine(args: argparse.Namespace) -> int:
     if model.selection_ is not None:
         summary["selection"] = model.selection_["reason"]
     print(json.dumps(summary))
+    return 0
+
+
+def _stream(args: argparse.Namespace, model: object) -> int:
+    from simskip_core.stream import stream_apply
+
+    result = stream_apply(
+        model,
+        args.input,
+        args.output,
+        chunk_rows=args.chunk_rows,
+        resume=not args.no_resume,
+        overwrite=args.overwrite,
+        device=args.device,
+        bf16=args.bf16,
+        progress=not args.quiet,
+    )
+    print(json.dumps({"output": str(args.output), "shape": list(result.shape), "complete": result.complete}))
     return 0
 
 

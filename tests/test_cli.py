@@ -80,3 +80,19 @@ def test_plugins_command_lists_builtin_plugins(capsys) -> None:
     out = capsys.readouterr().out
     for name in ("text", "graph", "kg", "vision"):
         assert name in out
+
+
+def test_refine_stream_writes_the_same_rows_as_transform(blobs, tmp_path, capsys) -> None:
+    x, _ = blobs
+    np.save(tmp_path / "in.npy", x)
+    base = ["refine", str(tmp_path / "in.npy"), "--epochs", "1", "--batch-size", "64", "--quiet"]
+    assert main([*base[:2], str(tmp_path / "fit.npy"), *base[2:], "--save-model", str(tmp_path / "m")]) == 0
+    capsys.readouterr()
+    streamed = tmp_path / "streamed.npy"
+    args = ["refine", str(tmp_path / "in.npy"), str(streamed), "--model", str(tmp_path / "m")]
+    assert main([*args, "--stream", "--chunk-rows", "100", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["complete"] and summary["shape"] == [600, 16]
+    expected = SimSkip.load(tmp_path / "m").transform(x)
+    assert np.array_equal(np.load(streamed), expected)
+    assert np.array_equal(np.load(tmp_path / "fit.npy"), expected)
