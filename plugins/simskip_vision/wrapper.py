@@ -13,9 +13,6 @@ Saved as a folder (never pickle)::
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,7 @@ from torch import nn
 from simskip_core import __version__
 from simskip_core.api import SimSkip
 from simskip_core.errors import CorruptModelError
+from simskip_core.serialization import atomic_folder
 from simskip_vision._timm import import_timm, is_timm_model, model_name
 from simskip_vision.weights import CheckpointMismatchError, check_state_dict
 
@@ -159,14 +157,7 @@ class RefinedBackbone(nn.Module):
         Everything is written to a temporary sibling folder that is renamed into place when complete.
         An existing ``path`` is an error unless ``overwrite=True``.
         """
-        target = Path(path).expanduser()
-        if target.exists() and not overwrite:
-            raise FileExistsError(
-                f"{target} already exists; choose a new folder or pass overwrite=True to replace it."
-            )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-        try:
+        with atomic_folder(path, overwrite=overwrite) as staging:
             config = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -184,18 +175,7 @@ class RefinedBackbone(nn.Module):
             }
             save_file(tensors, str(staging / BACKBONE_NAME))
             self.simskip.save(staging / REFINER_DIR)
-            if target.exists():
-                backup = target.with_name(f".{target.name}.old")
-                shutil.rmtree(backup, ignore_errors=True)
-                os.replace(target, backup)
-                os.replace(staging, target)
-                shutil.rmtree(backup, ignore_errors=True)
-            else:
-                os.replace(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return target
+        return Path(path).expanduser()
 
     @classmethod
     def load(cls, path: str | Path) -> RefinedBackbone:
