@@ -145,20 +145,9 @@ def _refine(args: argparse.Namespace) -> int:
 
 
 def _stream(args: argparse.Namespace, model: object) -> int:
-    from simskip_core.stream import stream_apply
+    from simskip_core.stream import stream_apply_from_args
 
-    result = stream_apply(
-        model,
-        args.input,
-        args.output,
-        chunk_rows=args.chunk_rows,
-        resume=not args.no_resume,
-        overwrite=args.overwrite,
-        device=args.device,
-        bf16=args.bf16,
-        progress=not args.quiet,
-    )
-    print(json.dumps({"output": str(args.output), "shape": list(result.shape), "complete": result.complete}))
+    print(json.dumps(stream_apply_from_args(model, args)))
     return 0
 
 

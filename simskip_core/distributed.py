@@ -354,21 +354,9 @@ def _train(args: argparse.Namespace, info: DistInfo) -> dict[str, Any]:
 
 def _apply(args: argparse.Namespace, info: DistInfo) -> dict[str, Any]:
     from simskip_core.api import SimSkip
-    from simskip_core.stream import stream_apply
+    from simskip_core.stream import stream_apply_from_args
 
-    model = SimSkip.load(args.model)
-    result = stream_apply(
-        model,
-        args.input,
-        args.output,
-        chunk_rows=args.chunk_rows,
-        resume=not args.no_resume,
-        overwrite=args.overwrite,
-        device=args.device,
-        bf16=args.bf16,
-        progress=not args.quiet,
-    )
-    return {"output": str(result.path), "shape": list(result.shape), "complete": result.complete}
+    return stream_apply_from_args(SimSkip.load(args.model), args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

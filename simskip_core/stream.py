@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from simskip_core.distributed import default_device, dist_info
 
-__all__ = ["NpySource", "StreamResult", "model_fingerprint", "stream_apply"]
+__all__ = ["NpySource", "StreamResult", "model_fingerprint", "stream_apply", "stream_apply_from_args"]
 
 MANIFEST_FORMAT = "simskip-stream"
 MANIFEST_VERSION = 1
@@ -763,3 +763,21 @@ def _prefetch(
         if position + 1 < len(todo):
             future = reader.submit(source.read, *chunks[todo[position + 1]])
         yield i, rows
+
+
+def stream_apply_from_args(model: Any, args: Any) -> dict[str, Any]:
+    """Run :func:`stream_apply` with the options of ``simskip refine --stream`` and of
+    ``python -m simskip_core.distributed apply`` (input, output, chunk_rows, no_resume, overwrite,
+    device, bf16, quiet); return a JSON-ready summary."""
+    result = stream_apply(
+        model,
+        args.input,
+        args.output,
+        chunk_rows=args.chunk_rows,
+        resume=not args.no_resume,
+        overwrite=args.overwrite,
+        device=args.device,
+        bf16=args.bf16,
+        progress=not args.quiet,
+    )
+    return {"output": str(result.path), "shape": list(result.shape), "complete": result.complete}
