@@ -147,6 +147,7 @@ class SimSkip:
         self.refiner_: SkipRefiner | None = None
         self.dim_: int | None = None
         self.history_: list[dict[str, Any]] = []
+        self.loss_state_: dict[str, float] = {}
         self.selection_: dict[str, Any] | None = None
         self.uses_labels = False
         self.signals_: list[str] = []
@@ -236,6 +237,7 @@ class SimSkip:
             self.train_config,
             val_score=val_score,
         )
+        self.loss_state_ = loss_fn.summary()
         self.refiner_ = refiner
         self.dim_ = d
         self.signals_ = [s.name for s in signals]
@@ -318,6 +320,7 @@ class SimSkip:
             "module": {"kind": kind, "config": module_config},
             "refiner": self.refiner_.config(),
             "history": self.history_,
+            "loss_state": self.loss_state_,
             "selection": self.selection_,
             "uses_labels": self.uses_labels,
             "signals": self.signals_,
@@ -359,6 +362,7 @@ class SimSkip:
         model.module_ = module
         model.dim_ = int(config["dim"])
         model.history_ = config.get("history", [])
+        model.loss_state_ = dict(config.get("loss_state", {}))
         model.selection_ = config.get("selection")
         model.uses_labels = bool(config.get("uses_labels", False))
         model.signals_ = list(config.get("signals", []))

@@ -196,6 +196,7 @@ def _fit_simskip(
         "chosen": model.chosen,
         "signals": list(model.signals_),
         "epochs_run": len(model.history_),
+        "loss_state": dict(model.loss_state_),
         "mean_shift": float(np.linalg.norm(train - data.train.vectors, axis=1).mean())
         if train.shape == data.train.vectors.shape
         else None,

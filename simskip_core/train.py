@@ -552,6 +552,7 @@ def fit_refiner(
                 "val": score,
                 "seconds": time.perf_counter() - tic,
             }
+            record.update(loss_fn.summary())
             history.append(record)
             bar.update(1)
             bar.set_postfix(loss=f"{record['train_loss']:.4f}", val=f"{score:.4f}")

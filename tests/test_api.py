@@ -164,6 +164,23 @@ def test_pair_signals_and_few_label_mode(blobs) -> None:
         SimSkip(**FAST, loss="multisimilarity").fit(x)
 
 
+def test_multi_similarity_weights_are_kept_with_the_model(blobs, tmp_path) -> None:
+    """The learned signal weights are recorded per epoch and after fit, and survive save/load."""
+    x, labels = blobs
+    partial = np.where(np.arange(len(x)) % 10 == 0, labels, -1)
+    model = SimSkip(**FAST, loss="multisimilarity", patience=None).fit(x, labels=partial)
+    assert set(model.loss_state_) == {"weight:views", "weight:labels"}
+    assert all(set(model.loss_state_) <= set(record) for record in model.history_)
+    # the weights are learned: they move away from their start at 1 and differ between epochs
+    assert model.loss_state_ != pytest.approx({"weight:views": 1.0, "weight:labels": 1.0})
+    assert model.history_[0]["weight:labels"] != pytest.approx(model.history_[-1]["weight:labels"])
+    best = min(model.history_, key=lambda record: record["val"])  # the epoch whose weights were restored
+    assert best["weight:labels"] == pytest.approx(model.loss_state_["weight:labels"])
+    model.save(tmp_path / "ms")
+    assert SimSkip.load(tmp_path / "ms").loss_state_ == model.loss_state_
+    assert SimSkip(**FAST).fit(x).loss_state_ == {}
+
+
 def test_auto_mode_keeps_identity_when_nothing_helps(blobs) -> None:
     x, _ = blobs
     rng = np.random.default_rng(0)

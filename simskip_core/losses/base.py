@@ -35,6 +35,10 @@ class ContrastiveLoss(nn.Module):
     def setup(self, *, feature_dim: int, signal_names: Sequence[str]) -> None:
         """Create parameters that depend on the data (called once by the trainer before training)."""
 
+    def summary(self) -> dict[str, float]:
+        """Learned state worth recording after each epoch (e.g. signal weights); empty for most losses."""
+        return {}
+
     def forward(
         self,
         z_a: torch.Tensor,

@@ -144,6 +144,12 @@ class MultiSimilarityLoss(ContrastiveLoss):
             name: math.exp(-2.0 * float(s)) for name, s in zip(self.signal_names, log_sigma.detach().cpu())
         }
 
+    def summary(self) -> dict[str, float]:
+        """The learned weights as ``{"weight:<signal>": 1 / sigma_c^2}`` (empty before :meth:`setup`)."""
+        if self.log_sigma is None:
+            return {}
+        return {f"weight:{name}": value for name, value in self.weights().items()}
+
     def signal_losses(
         self, features: tuple[torch.Tensor, torch.Tensor], signals: Mapping[str, torch.Tensor]
     ) -> torch.Tensor:
