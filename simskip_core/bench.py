@@ -48,6 +48,7 @@ __all__ = [
     "add_arguments",
     "main",
     "parse_seeds",
+    "rebuild_report",
     "run_bench",
     "select_methods",
     "select_tasks",
@@ -240,6 +241,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="torch/BLAS threads (default 1; 0 = the libraries' defaults)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tasks run at once in worker processes (default 2 where there are 2+ CPUs)",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="with --resume: rebuild the report from the finished cells, run nothing",
     )
     parser.add_argument("--no-plots", action="store_true", default=None, help="skip the PNG plots")
     parser.add_argument(
@@ -985,6 +998,43 @@ def run_bench(config: BenchConfig, *, resume: bool = False) -> BenchResult:
         return _run(config, tasks, methods, started)
 
 
+def rebuild_report(config: BenchConfig) -> BenchResult:
+    """Write the outputs of the run in ``config.out`` from its finished cells, running nothing.
+
+    Useful after an interruption, or when the seeds were extended task by task: every selected
+    task is reported with the seeds it has, and a task with no cells yet is listed as not run.
+    The machine information is the one the run recorded (``run.json``), not this machine's.
+    """
+    from simskip_core import report
+    from simskip_core.plugins import all_tasks
+
+    if not (config.out / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{config.out} holds no benchmark run (no {CONFIG_FILE}).")
+    tasks = select_tasks(all_tasks(), config)
+    methods = select_methods(tasks, config)
+    statuses = []
+    for task in tasks:
+        path = config.out / "tasks" / f"{_slug(task.name)}.json"
+        if path.is_file():
+            statuses.append(json.loads(path.read_text(encoding="utf-8")))
+        else:
+            statuses.append(
+                {
+                    "task": task.name,
+                    "domain": task.domain,
+                    "status": "not run",
+                    "reason": f"no cells yet; run them with `simskip bench --resume {config.out}`",
+                }
+            )
+    run_json = config.out / "run.json"
+    environment = (
+        json.loads(run_json.read_text(encoding="utf-8"))["environment"]
+        if run_json.is_file()
+        else report.environment_info()
+    )
+    return report.build_outputs(config, tasks, methods, statuses, environment=environment)
+
+
 @contextmanager
 def _thread_limit(threads: int | None) -> Iterator[None]:
     """Limit torch's intra-op threads and the BLAS/OpenMP pools to ``threads`` (None: no change)."""
@@ -1187,10 +1237,15 @@ def main(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if getattr(args, "list", False):
         return _list(config)
-    try:
-        result = run_bench(config, resume=getattr(args, "resume", None) is not None)
-    except KeyboardInterrupt:
-        return 130
+    if getattr(args, "report_only", False):
+        if getattr(args, "resume", None) is None:
+            raise ValueError("--report-only rebuilds the report of an earlier run: pass --resume OUT too.")
+        result = rebuild_report(config)
+    else:
+        try:
+            result = run_bench(config, resume=getattr(args, "resume", None) is not None)
+        except KeyboardInterrupt:
+            return 130
     print(result.markdown)
     print()
     for name, path in result.files.items():

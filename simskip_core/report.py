@@ -40,7 +40,15 @@ if TYPE_CHECKING:
     from simskip_core.bench import BenchConfig, BenchResult
     from simskip_core.tasks import Method, Task
 
-__all__ = ["PACKAGES", "build_outputs", "environment_info", "git_revision", "render_markdown"]
+__all__ = [
+    "PACKAGES",
+    "build_outputs",
+    "environment_info",
+    "format_seeds",
+    "git_revision",
+    "render_markdown",
+    "task_seeds",
+]
 
 #: Distributions whose versions every run records (absent ones are reported as not installed).
 PACKAGES = (
@@ -191,10 +199,14 @@ def build_outputs(
     statuses: Sequence[Mapping[str, Any]],
     *,
     environment: Mapping[str, Any],
-    wall_seconds: float,
+    wall_seconds: float | None = None,
     cpu_seconds: float | None = None,
 ) -> BenchResult:
-    """Compute the statistics from the run folder's cells and write every output file."""
+    """Compute the statistics from the run folder's cells and write every output file.
+
+    ``wall_seconds`` (and ``cpu_seconds``) of a session that computed cells are appended to the
+    run's sessions; ``None`` (a report rebuilt without running anything) records no session.
+    """
     from simskip_core.bench import BenchResult, write_json_atomic
 
     out = config.out
@@ -263,8 +275,9 @@ def build_outputs(
     return BenchResult(run=run, summaries=summaries, files=files, markdown=markdown)
 
 
-def _record_session(out: Path, wall_seconds: float, cpu_seconds: float | None) -> list[dict[str, Any]]:
-    """Append this session (a first run or a ``--resume``) to ``<out>/sessions.json``; return them all."""
+def _record_session(out: Path, wall_seconds: float | None, cpu_seconds: float | None) -> list[dict[str, Any]]:
+    """Append this session (a first run or a ``--resume``) to ``<out>/sessions.json``; return them all
+    (``wall_seconds=None``: nothing ran, nothing is appended)."""
     from simskip_core.bench import write_json_atomic
 
     path = out / "sessions.json"
@@ -274,6 +287,8 @@ def _record_session(out: Path, wall_seconds: float, cpu_seconds: float | None) -
         )
     except ValueError:
         sessions = []
+    if wall_seconds is None:
+        return sessions
     sessions.append(
         {
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -444,6 +459,18 @@ def render_markdown(
         "## Summary",
         "",
     ]
+    partial = {
+        summary["task"]: seeds
+        for summary in run["summaries"]
+        if (seeds := task_seeds(summary)) and seeds != sorted(config["seeds"])
+    }
+    if partial:
+        lines += [
+            "Tasks with other seeds than the run's (their rows use the seeds listed): "
+            + "; ".join(f"{task}: {format_seeds(seeds)}" for task, seeds in partial.items())
+            + ".",
+            "",
+        ]
     lines += [f"- {line}" for line in run["overall"]["lines"]] or ["- no comparisons"]
     lines.append("")
     for summary in run["summaries"]:
@@ -480,11 +507,11 @@ def render_markdown(
             for domain, path in projections:
                 lines += [f"![{domain}]({_rel(path, base)})", ""]
     lines += _timing_table(run)
-    skipped = [s for s in run["tasks"] if s.get("status") == "skipped"]
+    skipped = [s for s in run["tasks"] if s.get("status") in ("skipped", "not run")]
     failed_tasks = [s for s in run["tasks"] if s.get("status") == "failed"]
     if skipped:
-        lines += ["## Skipped tasks", "", "| task | reason and fix |", "|---|---|"]
-        lines += [f"| {s['task']} | {_cell_text(s.get('reason', ''))} |" for s in skipped]
+        lines += ["## Skipped tasks", "", "| task | status | reason and fix |", "|---|---|---|"]
+        lines += [f"| {s['task']} | {s['status']} | {_cell_text(s.get('reason', ''))} |" for s in skipped]
         lines.append("")
     if run["not_applicable"]:
         lines += ["## Methods not applicable", "", "| task | method | reason |", "|---|---|---|"]
@@ -506,6 +533,22 @@ def render_markdown(
         ]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def task_seeds(summary: Mapping[str, Any]) -> list[int]:
+    """The seeds the stochastic rows of a task summary ran with (their union)."""
+    return sorted({seed for row in summary["rows"].values() for seed in row.get("seeds", [])})
+
+
+def format_seeds(seeds: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+    parts: list[str] = []
+    for seed in seeds:
+        if parts and seed == int(parts[-1].split("-")[-1]) + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{seed}"
+        else:
+            parts.append(str(seed))
+    return ", ".join(parts)
 
 
 def _cell_text(text: str) -> str:
@@ -531,6 +574,9 @@ def _label_free_table(summary: Mapping[str, Any], status: Mapping[str, Any]) -> 
     size = ""
     if status.get("n_train") is not None:
         size = f"; {status['n_train']} train / {status['n_test']} test items, d = {status.get('dim')}"
+    seeds = task_seeds(summary)
+    if seeds:
+        size += f"; seeds {format_seeds(seeds)}"
     lines = [
         f"### {summary['task']}",
         "",

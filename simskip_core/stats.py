@@ -337,6 +337,7 @@ def summarize_task(
             "family": r.family,
             "section": "label-using" if r.uses_labels else "label-free",
             "n_runs": len(r.metrics),
+            "seeds": sorted(seed for seed in r.metrics if seed is not None),
             "deterministic": r.deterministic,
             "metrics": {m: dict(zip(("mean", "std"), mean_std(r.values(m)))) for m in metrics},
             "comparisons": {},

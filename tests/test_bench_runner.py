@@ -386,3 +386,49 @@ def test_parallel_workers_give_the_same_cells(plugin: SyntheticPlugin, tmp_path:
 
     assert metrics(parallel) == metrics(sequential)
     assert parallel.run["environment"]["bench_jobs"] == 2
+
+
+def test_report_only_rebuilds_from_cells_with_per_task_seeds(
+    plugin: SyntheticPlugin, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Seeds extended task by task: --report-only runs nothing and names each task's seeds."""
+    from simskip_core.cli import main
+
+    out = tmp_path / "run"
+    common = ["--quiet", "--no-plots", "--bootstrap", "200", "--cache-dir", str(tmp_path / "cache")]
+    methods = ["--method", "simskip-ntxent,counting"]
+    first = ["bench", "--seeds", "0", "--out", str(out), "--jobs", "1", *methods, *common]
+    assert main([*first, "--task", "synthetic/blobs,synthetic/words"]) == 0
+    assert json.loads((out / "config.json").read_text())["jobs"] == 1
+    more = ["bench", "--resume", str(out), "--seeds", "0-2", "--task", "synthetic/blobs", *common]
+    assert main(more) == 0
+    runs, loads = sum(plugin.runs.values()), sum(plugin.loads.values())
+    sessions = json.loads((out / "sessions.json").read_text())
+    capsys.readouterr()
+
+    tasks = "synthetic/blobs,synthetic/words,other/slow"
+    assert main(["bench", "--resume", str(out), "--seeds", "0-2", "--task", tasks, "--report-only"]) == 0
+    printed = capsys.readouterr().out
+    assert sum(plugin.runs.values()) == runs and sum(plugin.loads.values()) == loads  # nothing ran
+    assert json.loads((out / "sessions.json").read_text()) == sessions  # and no session was added
+    assert (
+        "Tasks with other seeds than the run's (their rows use the seeds listed): synthetic/words: 0."
+        in printed
+    )
+    assert "d = 16; seeds 0-2" in printed and "d = 8; seeds 0" in printed
+    assert "| other/slow | not run | no cells yet" in printed
+    run = json.loads((out / "run.json").read_text())
+    rows = {s["task"]: s["rows"] for s in run["summaries"]}
+    assert rows["synthetic/blobs"]["simskip-ntxent"]["seeds"] == [0, 1, 2]
+    assert rows["synthetic/words"]["simskip-ntxent"]["seeds"] == [0]
+    assert rows["synthetic/blobs"]["identity"]["seeds"] == []  # deterministic: ran once
+
+    assert main(["bench", "--report-only", "--out", str(out)]) == 1
+    assert "--report-only rebuilds the report of an earlier run: pass --resume OUT" in capsys.readouterr().err
+
+
+def test_format_seeds() -> None:
+    from simskip_core.report import format_seeds
+
+    assert format_seeds([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8"
+    assert format_seeds([3]) == "3" and format_seeds([]) == ""
