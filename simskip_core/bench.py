@@ -190,13 +190,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="quick (default): quick tasks, small subsets, seed 0; full: every task, seeds 0-9",
     )
     parser.add_argument(
-        "--domain", action="append", metavar="NAME", help="only these domains (repeat or comma-separate)"
+        "--domain",
+        action="append",
+        metavar="NAME",
+        help="only these domains (repeat or comma-separate; 'all' clears a filter stored by an earlier --resume)",
     )
     parser.add_argument(
-        "--task", action="append", metavar="NAME", help="only these tasks (repeat or comma-separate)"
+        "--task",
+        action="append",
+        metavar="NAME",
+        help="only these tasks (repeat or comma-separate; 'all' clears a filter stored by an earlier --resume)",
     )
     parser.add_argument(
-        "--method", action="append", metavar="NAME", help="only these methods (repeat or comma-separate)"
+        "--method",
+        action="append",
+        metavar="NAME",
+        help="only these methods (repeat or comma-separate; 'all' clears a filter stored by an earlier --resume)",
     )
     parser.add_argument(
         "--seeds",
@@ -272,7 +281,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         given["seeds"] = parse_seeds(args.seeds)
     for key in ("domain", "task", "method"):
         if getattr(args, key, None):
-            given[key + "s"] = _split_names(getattr(args, key))
+            names = _split_names(getattr(args, key))
+            given[key + "s"] = () if names == ("all",) else names  # "all" clears a stored filter
     if getattr(args, "no_cache", None):
         given["use_cache"] = False
     if getattr(args, "cache_dir", None) is not None:
