@@ -442,12 +442,14 @@ def render_markdown(
         f"simskip {env['packages'].get('simskip')}, torch {env['packages'].get('torch')}, Python {env.get('python')}",
         f"- machine: {env.get('platform')}, {env.get('cpu_count')} CPU(s), torch threads {env.get('torch_threads')}, "
         f"float32 matmul {env.get('gemm_gflops_float32')} GFLOP/s, {env.get('bench_jobs')} worker(s); "
-        f"wall time {run['wall_seconds'] / 60:.1f} min"
-        + ("" if run.get("cpu_seconds") is None else f", CPU time {run['cpu_seconds'] / 60:.1f} min")
-        + (
-            f" over {len(run['sessions'])} sessions (interrupted and resumed)"
+        + _session_time(run),
+        *(
+            [
+                "- sessions: "
+                + "; ".join(f"`{x['argv']}` ({x['wall_seconds'] / 60:.1f} min wall)" for x in run["sessions"])
+            ]
             if len(run.get("sessions", [])) > 1
-            else ""
+            else []
         ),
         "",
         "Every method is fitted on the training embeddings only, with the task's default hyper-parameters, "
@@ -533,6 +535,27 @@ def render_markdown(
         ]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _session_time(run: Mapping[str, Any]) -> str:
+    """Wall and CPU time of the run's recorded sessions, and the CPU time its cells and task loads report."""
+    sessions = run.get("sessions", [])
+    if sessions:
+        text = f"wall time {run['wall_seconds'] / 60:.1f} min"
+        if run.get("cpu_seconds") is not None:
+            text += f", CPU time {run['cpu_seconds'] / 60:.1f} min"
+        if len(sessions) > 1:
+            text += f" over {len(sessions)} sessions (interrupted and resumed)"
+    else:
+        text = (
+            "wall time not recorded (no session of this run finished; the report was rebuilt from its cells)"
+        )
+    cell_cpu = sum(
+        (cell["timings"].get("run_cpu_seconds") or 0.0) + (cell["timings"].get("eval_cpu_seconds") or 0.0)
+        for cell in run["cells"]
+    )
+    load_cpu = sum(status.get("load_cpu_seconds") or 0.0 for status in run["tasks"])
+    return f"{text}; CPU time of the cells and task loads: {(cell_cpu + load_cpu) / 60:.1f} min"
 
 
 def task_seeds(summary: Mapping[str, Any]) -> list[int]:

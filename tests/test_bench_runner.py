@@ -418,6 +418,18 @@ def test_report_only_rebuilds_from_cells_with_per_task_seeds(
     assert seeds_line in printed
     assert "d = 16; seeds 0-2" in printed and "d = 8; seeds 0" in printed
     assert "| other/missing | not run |" in printed  # never loaded in this run
+    assert "over 2 sessions (interrupted and resumed)" in printed
+    sessions_line = next(line for line in printed.splitlines() if line.startswith("- sessions: "))
+    assert sessions_line.count(" min wall)") == 2  # each session's command and wall time
+    run = json.loads((out / "run.json").read_text())
+    cpu = sum(c["timings"]["run_cpu_seconds"] + c["timings"]["eval_cpu_seconds"] for c in run["cells"])
+    cpu += sum(t.get("load_cpu_seconds") or 0.0 for t in run["tasks"])
+    assert f"CPU time of the cells and task loads: {cpu / 60:.1f} min" in printed
+
+    # a run whose sessions all died before finishing still reports what its cells cost
+    (out / "sessions.json").unlink()
+    assert main(report_all) == 0
+    assert "wall time not recorded (no session of this run finished" in capsys.readouterr().out
     run = json.loads((out / "run.json").read_text())
     rows = {s["task"]: s["rows"] for s in run["summaries"]}
     assert rows["synthetic/blobs"]["simskip-ntxent"]["seeds"] == [0, 1, 2]
