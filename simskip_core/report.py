@@ -550,12 +550,16 @@ def _session_time(run: Mapping[str, Any]) -> str:
         text = (
             "wall time not recorded (no session of this run finished; the report was rebuilt from its cells)"
         )
-    cell_cpu = sum(
-        (cell["timings"].get("run_cpu_seconds") or 0.0) + (cell["timings"].get("eval_cpu_seconds") or 0.0)
-        for cell in run["cells"]
+    cell_cpu = _total_seconds(run["cells"], "run_cpu_seconds") + _total_seconds(
+        run["cells"], "eval_cpu_seconds"
     )
     load_cpu = sum(status.get("load_cpu_seconds") or 0.0 for status in run["tasks"])
     return f"{text}; CPU time of the cells and task loads: {(cell_cpu + load_cpu) / 60:.1f} min"
+
+
+def _total_seconds(cells: Sequence[Mapping[str, Any]], key: str) -> float:
+    """One timing (e.g. ``run_cpu_seconds``) summed over cell documents; a missing value counts as 0."""
+    return float(sum(cell["timings"].get(key) or 0.0 for cell in cells))
 
 
 def task_seeds(summary: Mapping[str, Any]) -> list[int]:
@@ -695,9 +699,6 @@ def _timing_table(run: Mapping[str, Any]) -> list[str]:
     for cell in run["cells"]:
         per_task.setdefault(cell["task"], []).append(cell)
 
-    def total(cells: Sequence[Mapping[str, Any]], key: str) -> float:
-        return float(sum(c["timings"].get(key) or 0.0 for c in cells))
-
     for status in run["tasks"]:
         cells = per_task.get(status["task"], [])
         load = status.get("load_seconds")
@@ -707,8 +708,8 @@ def _timing_table(run: Mapping[str, Any]) -> list[str]:
             load_text = f"{load:.1f} / {status.get('load_cpu_seconds') or 0.0:.1f}"
         lines.append(
             f"| {status['task']} | {status.get('status')} | {load_text} | {len(cells)} | "
-            f"{total(cells, 'run_seconds'):.1f} / {total(cells, 'run_cpu_seconds'):.1f} | "
-            f"{total(cells, 'eval_seconds'):.1f} / {total(cells, 'eval_cpu_seconds'):.1f} |"
+            f"{_total_seconds(cells, 'run_seconds'):.1f} / {_total_seconds(cells, 'run_cpu_seconds'):.1f} | "
+            f"{_total_seconds(cells, 'eval_seconds'):.1f} / {_total_seconds(cells, 'eval_cpu_seconds'):.1f} |"
         )
     return [*lines, ""]
 
