@@ -40,7 +40,7 @@ import torch
 from simskip_core.augment import build_augmentation
 from simskip_core.losses import NTXentLoss
 from simskip_core.refiner import SkipRefiner
-from simskip_core.stream import CPU_BLOCK_ROWS, stream_apply
+from simskip_core.scale.stream import CPU_BLOCK_ROWS, stream_apply
 from simskip_core.train import TrainConfig, fit_refiner
 
 AUGMENT = [("mask", {"keep_prob": 0.8}), ("noise", {"scale": 0.5})]

@@ -8,13 +8,13 @@ then runs three passes over it, each in a fresh child process whose peak RSS is 
   write the chunk to an output .npy; single-threaded I/O, no manifest, no prefetch;
 * ``matmul_flop_matched``: the same loop doing the refiner's own matrix products as plain torch ops
   (x + relu(x W1 + b1) W2 + b2), i.e. the same FLOPs as the refiner;
-* ``stream``: ``simskip_core.stream.stream_apply`` with a fitted-shape refiner (crash-safe manifest,
+* ``stream``: ``simskip_core.scale.stream.stream_apply`` with a fitted-shape refiner (crash-safe manifest,
   fdatasync per chunk, prefetch and write-behind threads).
 
 Targets: ``stream`` peak RSS < 1.5 GB and throughput >= 70 % of ``matmul``.
 
 Train (``train``): ``torchrun --nproc_per_node=1`` vs ``--nproc_per_node=2`` of
-``python -m simskip_core.distributed train`` on the same data, global batch and seed; rows/s of the
+``python -m simskip_core.scale.distributed train`` on the same data, global batch and seed; rows/s of the
 last epoch, and the largest weight difference between the two saved models.
 
     python benchmarks/bench_scale.py apply --dir /tmp/simskip-scale            # ~8 min, needs 16 GB of disk
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from simskip_core.refiner import SkipRefiner
-from simskip_core.stream import NpySource, _write_rows, stream_apply
+from simskip_core.scale.stream import NpySource, _write_rows, stream_apply
 
 HERE = Path(__file__).resolve()
 
@@ -214,7 +214,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
         for ranks, threads in runs:
             model = Path(tmp) / f"model-{ranks}-{threads}"
             cmd = [
-                torchrun, "--standalone", f"--nproc_per_node={ranks}", "-m", "simskip_core.distributed", "train",
+                torchrun, "--standalone", f"--nproc_per_node={ranks}", "-m", "simskip_core.scale.distributed", "train",
                 str(data), "--save-model", str(model), "--epochs", str(args.epochs), "--batch-size", str(args.batch),
                 "--val-fraction", "0", "--quiet", "--device", "cpu",
             ]  # fmt: skip

@@ -12,9 +12,17 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from simskip_core.api import SimSkip
-from simskip_core.embeddings import EmbeddingSet
-from simskip_core.hooks import hookimpl
-from simskip_core.refiner import SkipRefiner
+from simskip_core.lazy import lazy_exports
 
 __all__ = ["EmbeddingSet", "SimSkip", "SkipRefiner", "__version__", "hookimpl"]
+
+# Names are imported on first use, so ``import simskip_core`` (and ``simskip --help``) stays cheap.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "EmbeddingSet": "simskip_core.embeddings",
+        "SimSkip": "simskip_core.api",
+        "SkipRefiner": "simskip_core.refiner",
+        "hookimpl": "simskip_core.hooks",
+    },
+)

@@ -13,17 +13,17 @@ import torch
 from torch import nn
 
 from simskip_core import __version__
-from simskip_core._validation import as_matrix, check_dim
+from simskip_core.apply import apply_module
 from simskip_core.augment import build_augmentation
 from simskip_core.baselines import AffineMap, baseline_resolver
 from simskip_core.errors import CorruptModelError
 from simskip_core.losses import ContrastiveLoss, loss_resolver
 from simskip_core.pairs import build_signals
 from simskip_core.refiner import SkipRefiner
-from simskip_core.select import LabelProbe, Probe, select_candidate
+from simskip_core.selection import LabelProbe, Probe, select_candidate
 from simskip_core.serialization import read_model_dir, write_model_dir
-from simskip_core.stream import MIN_GEMM_ROWS
 from simskip_core.train import TrainConfig, fit_refiner
+from simskip_core.validation import as_matrix, check_dim
 
 __all__ = ["DEFAULT_AUGMENT", "SimSkip"]
 
@@ -35,7 +35,6 @@ DEFAULT_AUGMENT: tuple[tuple[str, dict[str, Any]], ...] = (
 MODES = ("refine", "auto")
 FORMAT = "simskip-model"
 FORMAT_VERSION = 1
-_APPLY_CHUNK = 8192  # rows per forward pass: keeps hidden activations in cache (see docs/benchmarks.md)
 
 
 class SimSkip:
@@ -263,7 +262,7 @@ class SimSkip:
             blend = copy.deepcopy(self.refiner_)
             blend.residual_scale = alpha
             modules[f"simskip@{alpha:g}"] = blend
-        vectors = {name: _apply(module, x) for name, module in modules.items()}
+        vectors = {name: apply_module(module, x) for name, module in modules.items()}
         report = select_candidate(vectors, probe, n_splits=self.n_splits)
         report["probe"] = repr(probe)
         self.selection_ = report
@@ -287,7 +286,7 @@ class SimSkip:
         assert self.dim_ is not None
         x = as_matrix(X)
         check_dim(x, self.dim_, what="the fitted SimSkip model")
-        return _apply(module, x)
+        return apply_module(module, x)
 
     def mean_shift(self, X: Any) -> float:
         """Mean L2 distance the fitted map moves the rows of ``X`` (for the random-residual control)."""
@@ -367,26 +366,6 @@ class SimSkip:
         model.uses_labels = bool(config.get("uses_labels", False))
         model.signals_ = list(config.get("signals", []))
         return model
-
-
-def _apply(module: nn.Module, x: np.ndarray) -> np.ndarray:
-    """Forward ``x`` through ``module`` in chunks without gradients; float32 output.
-
-    A final chunk of fewer than ``MIN_GEMM_ROWS`` rows is zero-padded, as :func:`stream_apply` does,
-    so the two give bit-identical rows whatever the number of rows.
-    """
-    module.eval()
-    outputs = []
-    with torch.no_grad():
-        for start in range(0, x.shape[0], _APPLY_CHUNK):
-            rows = np.ascontiguousarray(x[start : start + _APPLY_CHUNK], dtype=np.float32)
-            count = rows.shape[0]
-            if count < MIN_GEMM_ROWS:
-                rows = np.concatenate(
-                    [rows, np.zeros((MIN_GEMM_ROWS - count, rows.shape[1]), dtype=np.float32)]
-                )
-            outputs.append(module(torch.from_numpy(rows)).numpy()[:count])
-    return np.concatenate(outputs).astype(np.float32, copy=False)
 
 
 def _describe_module(module: nn.Module) -> tuple[str, dict[str, Any]]:

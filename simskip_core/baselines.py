@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from class_resolver import ClassResolver
 from torch import nn
 
-from simskip_core._validation import as_matrix, check_dim
 from simskip_core.refiner import SkipRefiner
+from simskip_core.validation import as_matrix, check_dim
 
 __all__ = [
     "PCA",

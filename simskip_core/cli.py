@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ __all__ = ["build_parser", "main"]
 EPILOG = """examples:
   simskip refine embeddings.npy refined.npy --epochs 30 --save-model my-refiner
   simskip refine new.npy new-refined.npy --model my-refiner
+  torchrun --nproc_per_node=2 -m simskip_core refine big.npy --save-model my-refiner
   simskip bench --suite quick
   simskip plugins
 """
@@ -42,7 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument(
         "input", type=Path, help="input embeddings, a .npy file holding an (n, d) float array"
     )
-    refine.add_argument("output", type=Path, help="where to write the refined (n, d) float32 array (.npy)")
+    refine.add_argument(
+        "output",
+        type=Path,
+        nargs="?",
+        help="where to write the refined (n, d) float32 array (.npy); may be left out with --save-model",
+    )
     refine.add_argument(
         "--model", type=Path, help="apply this saved model (a folder from --save-model) instead of fitting"
     )
@@ -57,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("--batch-size", type=int, default=256)
     refine.add_argument("--lr", type=float, default=1e-3)
     refine.add_argument("--seed", type=int, default=0)
+    refine.add_argument("--val-fraction", type=float, default=0.1, help="rows held out for early stopping")
+    refine.add_argument("--patience", type=int, default=10, help="epochs without improvement before stopping")
+    refine.add_argument(
+        "--augment-fit-rows", type=int, default=None, help="rows sampled to fit augmentation statistics"
+    )
     refine.add_argument(
         "--mutual-knn", type=int, default=None, metavar="K", help="add label-free mutual k-NN positives"
     )
@@ -82,9 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-resume", action="store_true", help="with --stream: start again instead of resuming"
     )
     refine.add_argument(
-        "--device", default=None, help="with --stream: cpu, cuda, cuda:1, ... (default: auto)"
+        "--device", default=None, help="cpu, cuda, cuda:1, ... for training and --stream (default: auto)"
     )
     refine.add_argument("--bf16", action="store_true", help="with --stream on a GPU: bf16 autocast")
+
     refine.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sub.add_parser("plugins", help="list installed simskip plugins and their tasks")
@@ -106,12 +119,29 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
 
 
 def _refine(args: argparse.Namespace) -> int:
+    """``simskip refine``; under torchrun (``RANK`` set) the process group is initialised here."""
+    if "RANK" not in os.environ:
+        return _refine_local(args, is_main=True)
+    from simskip_core.scale.distributed import destroy_distributed, init_distributed
+
+    info = init_distributed()
+    try:
+        return _refine_local(args, is_main=info.is_main)
+    finally:
+        destroy_distributed()
+
+
+def _refine_local(args: argparse.Namespace, *, is_main: bool) -> int:
+    import dataclasses
+
     from simskip_core.api import SimSkip
 
-    if args.output.exists() and not args.overwrite:
-        raise SystemExit(f"simskip: {args.output} exists; pass --overwrite to replace it.")
+    if args.output is None and args.save_model is None:
+        raise ValueError("give OUT (where to write the refined array) or --save-model DIR (or both).")
+    if args.output is not None and args.output.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it.")
     if args.stream and args.model is not None:
-        return _stream(args, SimSkip.load(args.model))
+        return _stream(args, SimSkip.load(args.model), is_main)
     x = _load_npy(args.input, "input")
     if args.model is not None:
         model = SimSkip.load(args.model)
@@ -124,15 +154,27 @@ def _refine(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             lr=args.lr,
             seed=args.seed,
+            val_fraction=args.val_fraction,
+            patience=args.patience,
             mutual_knn=args.mutual_knn,
             mode=args.mode,
             normalize_output=args.normalize_output,
-            progress=not args.quiet,
-        ).fit(x, labels=labels, pairs=pairs)
-        if args.save_model is not None:
+            progress=not args.quiet and is_main,
+        )
+        model.train_config = dataclasses.replace(
+            model.train_config, augment_fit_rows=args.augment_fit_rows, device=args.device
+        )
+        model.fit(x, labels=labels, pairs=pairs)
+        if args.save_model is not None and is_main:
             model.save(args.save_model, overwrite=args.overwrite)
+    if args.output is None:
+        if is_main:
+            print(json.dumps({"saved": str(args.save_model), "epochs": len(model.history_)}))
+        return 0
     if args.stream:
-        return _stream(args, model)
+        return _stream(args, model, is_main)
+    if not is_main:
+        return 0
     refined = model.transform(x)
     tmp = args.output.with_name(args.output.name + ".tmp.npy")
     np.save(tmp, refined)
@@ -144,10 +186,12 @@ def _refine(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stream(args: argparse.Namespace, model: object) -> int:
-    from simskip_core.stream import stream_apply_from_args
+def _stream(args: argparse.Namespace, model: object, is_main: bool) -> int:
+    from simskip_core.scale.stream import stream_apply_from_args
 
-    print(json.dumps(stream_apply_from_args(model, args)))
+    summary = stream_apply_from_args(model, args)
+    if is_main:
+        print(json.dumps(summary))
     return 0
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from simskip_core._validation import as_matrix
+from simskip_core.validation import as_matrix
 
 __all__ = ["EmbeddingSet"]
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from simskip_core.augment import Augmentation
     from simskip_core.embeddings import EmbeddingSet
     from simskip_core.losses.base import ContrastiveLoss
-    from simskip_core.select import Probe
+    from simskip_core.selection import Probe
     from simskip_core.tasks import EvalResult, Method, Task, TaskData
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]

@@ -1,4 +1,4 @@
-"""Lazy package exports (PEP 562), so importing a plugin package does not import its host library."""
+"""Lazy package exports (PEP 562), so importing a package does not import its heavy parts; deprecated module aliases."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["lazy_exports"]
+__all__ = ["deprecated_alias", "lazy_exports"]
 
 
 def lazy_exports(
@@ -28,3 +28,20 @@ def lazy_exports(
         return sorted(exports)
 
     return __getattr__, __dir__
+
+
+def deprecated_alias(old: str, new: str) -> None:
+    """Make module ``old`` an alias of module ``new`` (for one release), with a ``DeprecationWarning``.
+
+    Called at the top of the old module: ``import old`` then returns ``new`` itself, so every name,
+    private ones included, keeps working.
+    """
+    import sys
+    import warnings
+
+    warnings.warn(
+        f"{old} moved to {new}; the old path works for one more release. Import {new} instead.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    sys.modules[old] = importlib.import_module(new)

@@ -27,10 +27,10 @@ from simskip_core.pairs import PairSignal
 from simskip_core.refiner import SkipRefiner
 
 if TYPE_CHECKING:
-    from simskip_core import distributed as _dist
+    from simskip_core.scale import distributed as _dist
 
-# simskip_core.distributed is imported where it is used, so that importing the package does not import it
-# (``python -m simskip_core.distributed`` would otherwise run a module already in sys.modules).
+# simskip_core.scale.distributed is imported where it is used, so that importing the package does not import it
+# (``python -m simskip_core.scale.distributed`` would otherwise run a module already in sys.modules).
 
 __all__ = ["TrainConfig", "fit_refiner"]
 
@@ -55,7 +55,7 @@ class TrainConfig:
         checkpoint_dir: write a checkpoint there after every epoch.
         resume: continue from the checkpoint in ``checkpoint_dir`` when one exists.
         distributed: train with DistributedDataParallel across the ranks of the initialised
-            torch.distributed process group (launch with ``torchrun``, see :mod:`simskip_core.distributed`).
+            torch.distributed process group (launch with ``torchrun``, see :mod:`simskip_core.scale.distributed`).
             None (default): on exactly when a process group of more than one process is initialised.
             ``batch_size`` is then the global batch: every rank draws the same batch order and
             augmentation noise from ``seed``, computes its contiguous slice of each batch, and the
@@ -226,7 +226,7 @@ class _Step(nn.Module):
         index: torch.Tensor,
         sizes: list[int] | None = None,
     ) -> torch.Tensor:
-        from simskip_core import distributed as _dist
+        from simskip_core.scale import distributed as _dist
 
         h_a, h_b = self.refiner(view_a), self.refiner(view_b)  # (b, d)
         z_a, z_b = self.refiner.project(h_a), self.refiner.project(h_b)  # (b, k)
@@ -285,7 +285,7 @@ def _batch_loss(
     rowwise: bool = True,
 ) -> torch.Tensor:
     """The loss of batch ``index``; with ``world_size > 1`` this rank computes its slice and the loss is global."""
-    from simskip_core import distributed as _dist
+    from simskip_core.scale import distributed as _dist
 
     sizes = _dist.split_sizes(len(index), world_size) if world_size > 1 else None
     lo = sum(sizes[:rank]) if sizes else 0
@@ -362,21 +362,21 @@ def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torc
 
 
 def _resolve_distributed(config: TrainConfig) -> _dist.DistInfo:
-    from simskip_core import distributed as _dist
+    from simskip_core.scale import distributed as _dist
 
     if config.distributed is False:
         return _dist.DistInfo()
     if config.distributed and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         raise RuntimeError(
             "TrainConfig(distributed=True) needs an initialised torch.distributed process group: launch the script "
-            "with torchrun and call simskip_core.distributed.init_distributed() before fitting."
+            "with torchrun and call simskip_core.scale.distributed.init_distributed() before fitting."
         )
     info = _dist.dist_info()
     return info if info.world_size > 1 else _dist.DistInfo()
 
 
 def _resolve_device(config: TrainConfig, info: _dist.DistInfo) -> torch.device:
-    from simskip_core import distributed as _dist
+    from simskip_core.scale import distributed as _dist
 
     if config.device is None:
         return _dist.default_device(info)
@@ -417,7 +417,7 @@ def fit_refiner(
     the ranks share each global batch, validation runs on rank 0 (``val_score`` too) and its result is
     broadcast, and only rank 0 writes checkpoints. Every rank returns the same weights and history.
     """
-    from simskip_core import distributed as _dist
+    from simskip_core.scale import distributed as _dist
 
     info = _resolve_distributed(config)
     world, rank = info.world_size, info.rank

@@ -22,7 +22,7 @@ from simskip_core.embeddings import EmbeddingSet
 from simskip_core.errors import MissingDataError
 from simskip_core.evaluation import knn_correct, probe_correct, similarity_eval
 from simskip_core.hooks import hookimpl
-from simskip_core.select import LabelProbe
+from simskip_core.selection import LabelProbe
 from simskip_core.tasks import EvalResult, ItemScores, LoadOptions, Method, MethodOutput, Task, TaskData
 
 DEFAULTS = {
@@ -446,7 +446,7 @@ def test_report_only_rebuilds_from_cells_with_per_task_seeds(
 
 
 def test_format_seeds() -> None:
-    from simskip_core.report import format_seeds
+    from simskip_core.bench.report import format_seeds
 
     assert format_seeds([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8"
     assert format_seeds([3]) == "3" and format_seeds([]) == ""

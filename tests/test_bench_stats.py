@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simskip_core.stats import MethodRecord, PairedBootstrap, holm, mean_std, overall_summary, summarize_task
+from simskip_core.bench.stats import (
+    MethodRecord,
+    PairedBootstrap,
+    holm,
+    mean_std,
+    overall_summary,
+    summarize_task,
+)
 from simskip_core.tasks import ItemScores
 
 

@@ -17,13 +17,13 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from simskip_core import distributed as sdist
 from simskip_core import train as train_module
 from simskip_core.augment import build_augmentation
 from simskip_core.losses import MultiSimilarityLoss, NTXentLoss
 from simskip_core.pairs import build_signals
 from simskip_core.refiner import SkipRefiner
-from simskip_core.stream import stream_apply
+from simskip_core.scale import distributed as sdist
+from simskip_core.scale.stream import stream_apply
 from simskip_core.train import TrainConfig, fit_refiner
 
 WORLD = 2

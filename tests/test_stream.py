@@ -16,7 +16,7 @@ import torch
 from simskip_core import SimSkip
 from simskip_core import stream as stream_module
 from simskip_core.refiner import SkipRefiner
-from simskip_core.stream import NpySource, model_fingerprint, stream_apply
+from simskip_core.scale.stream import NpySource, model_fingerprint, stream_apply
 
 N, D = 2003, 16
 

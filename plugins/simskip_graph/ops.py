@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from simskip_core._validation import as_matrix
+from simskip_core.validation import as_matrix
 
 __all__ = [
     "adjacency",

@@ -28,7 +28,7 @@ import numpy as np
 from simskip_core.cache import cache_key, cached_arrays
 from simskip_core.embeddings import EmbeddingSet
 from simskip_core.evaluation import classification_eval
-from simskip_core.select import LabelProbe
+from simskip_core.selection import LabelProbe
 from simskip_core.tasks import EvalResult, LoadOptions, Method, MethodOutput, Task, TaskData
 from simskip_graph import encoders
 from simskip_graph.datasets import GRAPH_DATASETS, load_graph
@@ -279,7 +279,7 @@ def _fixed(
 
 
 def _run_structure(task: Task, data: TaskData, seed: int, state: dict[str, Any]) -> MethodOutput:
-    from simskip_core.methods import simskip_kwargs
+    from simskip_core.bench.methods import simskip_kwargs
     from simskip_graph.structure import StructureAwareSimSkip
 
     ei, _ = _graph_of(data)

@@ -206,7 +206,7 @@ def _run_raw_refit(task: Task, data: TaskData, seed: int, state: dict[str, Any])
 
 def _run_refined_refit(task: Task, data: TaskData, seed: int, state: dict[str, Any]) -> MethodOutput:
     from simskip_core.api import SimSkip
-    from simskip_core.methods import simskip_kwargs
+    from simskip_core.bench.methods import simskip_kwargs
     from simskip_kg.embeddings import with_entity_vectors
 
     tic = time.perf_counter()

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from simskip_core._validation import as_matrix
+from simskip_core.validation import as_matrix
 from simskip_text.extract import check_texts, encode_texts
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
     from simskip_core.api import SimSkip
-    from simskip_core.select import Probe
+    from simskip_core.selection import Probe
 
 __all__ = ["attach_simskip", "find_stage", "refine_model"]
 

@@ -23,7 +23,7 @@ import numpy as np
 from simskip_core.cache import cache_key, cached_arrays
 from simskip_core.embeddings import EmbeddingSet
 from simskip_core.evaluation import classification_eval, similarity_eval
-from simskip_core.select import LabelProbe
+from simskip_core.selection import LabelProbe
 from simskip_core.tasks import EvalResult, LoadOptions, Task, TaskData
 from simskip_text.data import (
     LabelledCorpus,

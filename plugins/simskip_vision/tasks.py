@@ -22,7 +22,7 @@ import numpy as np
 
 from simskip_core.embeddings import EmbeddingSet
 from simskip_core.evaluation import classification_eval
-from simskip_core.select import LabelProbe
+from simskip_core.selection import LabelProbe
 from simskip_core.tasks import EvalResult, LoadOptions, Task, TaskData
 from simskip_vision.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, load_fashion_mnist, load_mnist5k
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
-import torch
 
 __all__ = ["as_matrix", "check_dim", "check_finite"]
 
@@ -25,7 +25,8 @@ def as_matrix(x: Any, *, name: str = "X", copy: bool = False) -> np.ndarray:
     integer or boolean dtypes, empty input and rows holding NaN or Inf, each with a message that
     says what was wrong and how to fix it.
     """
-    if isinstance(x, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only if torch is imported; importing it costs ~1 s
+    if torch is not None and isinstance(x, torch.Tensor):
         if x.is_complex():
             raise TypeError(
                 f"{name} is a complex tensor; pass real-valued embeddings (e.g. torch.view_as_real)."
