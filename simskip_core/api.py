@@ -51,7 +51,7 @@ class SimSkip:
     report is in :attr:`selection_` and saved with the model.
 
     Args:
-        loss: loss name ("ntxent", "studentt", "spectral", "difficulty", "multisimilarity"), class or instance.
+        loss: loss name ("ntxent", "studentt", "spectral", "difficulty", "mscon"), class or instance.
         loss_kwargs: keyword arguments of the loss.
         augment: augmentations: names, classes, instances or (name, kwargs) pairs, applied in order.
         hidden_dim, depth, activation, dropout, norm, normalize_output, projector_dim, projector_depth:

@@ -63,9 +63,6 @@ class Baseline:
     Subclasses implement :meth:`_fit` returning the torch module that does the mapping.
     """
 
-    #: True for baselines that use no randomness (their output is the same for every seed).
-    deterministic: bool = True
-
     def __init__(self) -> None:
         self.module_: nn.Module | None = None
         self.dim_: int | None = None
@@ -225,8 +222,6 @@ class RandomResidual(Baseline):
         seed: seed of the random MLP.
         refiner_kwargs: architecture of g (same keywords as :class:`SkipRefiner`; default its defaults).
     """
-
-    deterministic = False
 
     def __init__(
         self, target_shift: float, seed: int = 0, refiner_kwargs: dict[str, Any] | None = None

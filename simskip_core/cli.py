@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace OUT and the --save-model folder if they exist"
     )
     refine.add_argument(
-        "--loss", default="ntxent", help="ntxent (default), studentt, spectral, difficulty, multisimilarity"
+        "--loss", default="ntxent", help="ntxent (default), studentt, spectral, difficulty, mscon"
     )
     refine.add_argument("--epochs", type=int, default=50)
     refine.add_argument("--batch-size", type=int, default=256)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -67,10 +67,6 @@ class EmbeddingSet:
     def dim(self) -> int:
         """The embedding dimension d."""
         return int(self.vectors.shape[1])
-
-    def with_vectors(self, vectors: np.ndarray) -> EmbeddingSet:
-        """Return a copy holding ``vectors`` (same n) and the same ids, labels, pairs and meta."""
-        return replace(self, vectors=vectors, meta=dict(self.meta))
 
     def subset(self, index: np.ndarray) -> EmbeddingSet:
         """Rows ``index`` of this set; pair signals are kept only where both ends survive."""

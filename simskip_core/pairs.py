@@ -109,11 +109,6 @@ class LabelSignal(PairSignal):
         self._starts = torch.cumsum(counts, 0) - counts
         self._counts = counts
 
-    @property
-    def num_labelled(self) -> int:
-        """Number of items with a known label."""
-        return int((self.labels >= 0).sum())
-
     def batch_mask(self, index: torch.Tensor) -> torch.Tensor:
         lab = self.labels[index]  # (B,)
         mask = (lab[:, None] == lab[None, :]) & (lab[:, None] >= 0)

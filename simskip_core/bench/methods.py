@@ -27,8 +27,6 @@ from simskip_core.selection import Probe
 from simskip_core.tasks import Method, MethodOutput, Task, TaskData
 
 __all__ = [
-    "CORE_METHOD_NAMES",
-    "DEFAULT_SHOTS",
     "NotApplicable",
     "core_methods",
     "probe_uses_labels",
@@ -38,7 +36,7 @@ __all__ = [
 ]
 
 #: Labelled examples per class in the few-label rows unless ``--shots`` says otherwise.
-DEFAULT_SHOTS = 10
+_DEFAULT_SHOTS = 10
 #: Keys of ``task.defaults`` the suite sets itself (per method and seed), never taken from defaults.
 _RESERVED_KWARGS = frozenset({"seed", "mode", "probe", "progress", "checkpoint_dir", "resume"})
 #: SimSkip keyword arguments that describe the refiner's architecture (shared with the random control).
@@ -135,7 +133,7 @@ def _shots(task: Task, data: TaskData, seed: int, state: dict[str, Any]) -> np.n
     """The (task, seed) cell's shared few-label draw, created on first use."""
     if "shots" not in state:
         state["shots"] = sample_shots(
-            data.train.labels, int(state.get("shots_per_class", DEFAULT_SHOTS)), seed
+            data.train.labels, int(state.get("shots_per_class", _DEFAULT_SHOTS)), seed
         )
     shots: np.ndarray = state["shots"]
     return shots
@@ -458,7 +456,3 @@ def core_methods() -> list[Method]:
         ),
     ]
     return [*label_free, auto, *label_using]
-
-
-#: Names of :func:`core_methods`, in run order.
-CORE_METHOD_NAMES: tuple[str, ...] = tuple(m.name for m in core_methods())

@@ -1,7 +1,8 @@
 """simskip losses, one per file, resolved by name, class or instance through :data:`loss_resolver`.
 
 Registered names: ``ntxent``, ``studentt``, ``spectralcontrastive`` (synonym ``spectral``),
-``difficultyaware`` (synonym ``difficulty``) and ``multisimilarity``. Names are matched
+``difficultyaware`` (synonym ``difficulty``) and ``mscon`` (synonym ``multisimilarity``, its name
+before 0.2). Names are matched
 case-insensitively, ignoring ``-``, ``_``, spaces and a trailing ``Loss``; synonyms come from
 each class's ``synonyms`` attribute.
 """
@@ -12,7 +13,7 @@ from class_resolver import ClassResolver
 
 from simskip_core.losses.base import ContrastiveLoss
 from simskip_core.losses.difficulty import DifficultyAwareLoss
-from simskip_core.losses.multi_similarity import MultiSimilarityLoss
+from simskip_core.losses.multi_similarity import MSConLoss, MultiSimilarityLoss
 from simskip_core.losses.ntxent import NTXentLoss
 from simskip_core.losses.spectral import SpectralContrastiveLoss
 from simskip_core.losses.student_t import StudentTLoss
@@ -20,6 +21,7 @@ from simskip_core.losses.student_t import StudentTLoss
 __all__ = [
     "ContrastiveLoss",
     "DifficultyAwareLoss",
+    "MSConLoss",
     "MultiSimilarityLoss",
     "NTXentLoss",
     "SpectralContrastiveLoss",
@@ -30,7 +32,7 @@ __all__ = [
 #: Resolves a loss from a name (e.g. "ntxent"), a class or an instance. Plugins add more through
 #: the ``simskip_register_losses`` hook.
 loss_resolver: ClassResolver[ContrastiveLoss] = ClassResolver(
-    [NTXentLoss, StudentTLoss, SpectralContrastiveLoss, DifficultyAwareLoss, MultiSimilarityLoss],
+    [NTXentLoss, StudentTLoss, SpectralContrastiveLoss, DifficultyAwareLoss, MSConLoss],
     base=ContrastiveLoss,
     default=NTXentLoss,
     suffix="Loss",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -18,14 +19,17 @@ from simskip_core.losses.base import ContrastiveLoss
 from simskip_core.losses.ntxent import check_pair_mask, multi_positive_infonce, views_mask
 from simskip_core.refiner import ACTIVATIONS, build_mlp
 
-__all__ = ["VIEWS", "MultiSimilarityLoss"]
+__all__ = ["VIEWS", "MSConLoss", "MultiSimilarityLoss"]
 
 #: Name of the signal that is the plain augmentation pairing (always present).
 VIEWS = "views"
 
 
-class MultiSimilarityLoss(ContrastiveLoss):
+class MSConLoss(ContrastiveLoss):
     """MSCon-style loss (arXiv 2307.02712): one contrastive term per similarity signal, learned weights.
+
+    Registered as ``mscon``; ``multisimilarity`` (its name before 0.2) stays a synonym. It is not
+    pytorch-metric-learning's ``MultiSimilarityLoss`` (Wang et al. 2019), a different pair-weighting loss.
 
     :meth:`setup` creates, for every signal c (``"views"`` first, then the given signal names), a
     projection head g_c (an MLP from the feature dimension to ``projection_dim``) and a learned
@@ -61,6 +65,8 @@ class MultiSimilarityLoss(ContrastiveLoss):
         depth: number of linear layers of each head (>= 1).
         activation: activation of the heads (``"relu"``, ``"gelu"``, ``"tanh"`` or ``"silu"``).
     """
+
+    synonyms: ClassVar[frozenset[str]] = frozenset({"multisimilarity"})
 
     requires_signals = True
 
@@ -117,7 +123,7 @@ class MultiSimilarityLoss(ContrastiveLoss):
         names = [VIEWS, *dict.fromkeys(n for n in signal_names if n != VIEWS)]
         if len(names) == 1:
             raise ValueError(
-                "MultiSimilarityLoss needs at least one pair signal besides 'views' (e.g. mutual k-NN, labels, "
+                "MSConLoss needs at least one pair signal besides 'views' (e.g. mutual k-NN, labels, "
                 "graph edges); enable one in the trainer, or use NTXentLoss for augmentation-only training."
             )
         hidden = self.hidden_dim or feature_dim
@@ -132,7 +138,7 @@ class MultiSimilarityLoss(ContrastiveLoss):
     def _require_setup(self) -> nn.Parameter:
         if self.log_sigma is None:
             raise RuntimeError(
-                "MultiSimilarityLoss has no parameters yet; call loss.setup(feature_dim=..., signal_names=[...]) "
+                "MSConLoss has no parameters yet; call loss.setup(feature_dim=..., signal_names=[...]) "
                 "once before building the optimizer (the simskip trainer does this for you)."
             )
         return self.log_sigma
@@ -205,7 +211,7 @@ class MultiSimilarityLoss(ContrastiveLoss):
             ]
             names = list(self.signal_names[1:]) or "each pair signal"
             raise ValueError(
-                f"MultiSimilarityLoss needs signals= (a dict of (B, B) bool masks, one for {names}) "
+                f"MSConLoss needs signals= (a dict of (B, B) bool masks, one for {names}) "
                 f"and features= (the pre-projector features (h_a, h_b)); {' and '.join(missing)} missing. "
                 "Train it with pair signals enabled, or use NTXentLoss for augmentation-only training."
             )
@@ -217,3 +223,7 @@ class MultiSimilarityLoss(ContrastiveLoss):
             )
         losses = self.signal_losses(features, signals)  # (C,)
         return (torch.exp(-2.0 * log_sigma) * losses + log_sigma).sum()
+
+
+#: The name of :class:`MSConLoss` before 0.2, kept for one release.
+MultiSimilarityLoss = MSConLoss
