@@ -42,3 +42,20 @@ def test_readme_gives_the_two_fresh_machine_commands() -> None:
     assert "bash scripts/setup.sh && HF_HUB_OFFLINE=1 .venv/bin/simskip bench --suite quick" in readme
     assert "bash scripts/setup.sh && .venv/bin/python -m pytest" in readme
     assert ".venv/bin/python -m pytest" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_quick_start_runs_as_written_in_an_empty_folder(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    readme = (ROOT / "README.md").read_text()
+    (block,) = _python_blocks(_section(readme, "## Quick start (Python)"))
+    script = tmp_path / "quick_start.py"
+    script.write_text(block)
+    out = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "my-refiner" / "model.safetensors").is_file()
+    chosen = out.stdout.split()[0]
+    assert chosen in {"identity", "simskip", "centerl2", "whitening", "allbutthetop"} or chosen.startswith("simskip@")
