@@ -14,7 +14,7 @@ then runs three passes over it, each in a fresh child process whose peak RSS is 
 Targets: ``stream`` peak RSS < 1.5 GB and throughput >= 70 % of ``matmul``.
 
 Train (``train``): ``torchrun --nproc_per_node=1`` vs ``--nproc_per_node=2`` of
-``python -m simskip_core.scale.distributed train`` on the same data, global batch and seed; rows/s of the
+``torchrun ... -m simskip_core refine IN --save-model DIR`` on the same data, global batch and seed; rows/s of the
 last epoch, and the largest weight difference between the two saved models.
 
     python benchmarks/bench_scale.py apply --dir /tmp/simskip-scale            # ~8 min, needs 16 GB of disk
@@ -214,7 +214,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
         for ranks, threads in runs:
             model = Path(tmp) / f"model-{ranks}-{threads}"
             cmd = [
-                torchrun, "--standalone", f"--nproc_per_node={ranks}", "-m", "simskip_core.scale.distributed", "train",
+                torchrun, "--standalone", f"--nproc_per_node={ranks}", "-m", "simskip_core", "refine",
                 str(data), "--save-model", str(model), "--epochs", str(args.epochs), "--batch-size", str(args.batch),
                 "--val-fraction", "0", "--quiet", "--device", "cpu",
             ]  # fmt: skip
