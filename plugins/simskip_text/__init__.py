@@ -2,12 +2,13 @@
 
 Quick start (offline, with the shipped all-MiniLM-L6-v2)::
 
-    from simskip_text import load_default_model, refine_model
+    from simskip_text import load_default_model, load_refined_model, refine_model
 
     model = load_default_model()
     refined = refine_model(model, corpus_texts, epochs=20)
     refined.encode(["a sentence"])  # refined embeddings
-    refined.save("my-refined-model")  # reload: SentenceTransformer(path, trust_remote_code=True)
+    refined.save("my-refined-model")
+    load_refined_model("my-refined-model")  # checks the folder, runs no code from it
 
 Heavy imports (sentence-transformers, torch models) happen only when these names are first used.
 """
@@ -17,10 +18,15 @@ from __future__ import annotations
 from simskip_core.lazy import lazy_exports
 
 __all__ = [
+    "STAGE_TYPE",
     "SimSkipStage",
+    "UnsafeModelError",
     "attach_simskip",
+    "check_refined_folder",
     "encode_texts",
+    "find_stage",
     "load_default_model",
+    "load_refined_model",
     "model_fingerprint",
     "refine_model",
 ]
@@ -28,7 +34,12 @@ __all__ = [
 _EXPORTS = {
     "SimSkipStage": "simskip_text.module",
     "attach_simskip": "simskip_text.refine",
+    "find_stage": "simskip_text.refine",
     "refine_model": "simskip_text.refine",
+    "STAGE_TYPE": "simskip_text.load",
+    "UnsafeModelError": "simskip_text.load",
+    "check_refined_folder": "simskip_text.load",
+    "load_refined_model": "simskip_text.load",
     "encode_texts": "simskip_text.extract",
     "load_default_model": "simskip_text.extract",
     "model_fingerprint": "simskip_text.extract",

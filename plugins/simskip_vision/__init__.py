@@ -17,8 +17,7 @@ Heavy imports (timm, torchvision) happen only when these names are first used.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from simskip_core.lazy import lazy_exports
 
 __all__ = [
     "CheckpointMismatchError",
@@ -55,12 +54,4 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import public names lazily from their modules."""
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'simskip_vision' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
