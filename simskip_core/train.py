@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
@@ -35,6 +38,12 @@ if TYPE_CHECKING:
 __all__ = ["TrainConfig", "fit_refiner"]
 
 CHECKPOINT_NAME = "checkpoint"
+CHECKPOINT_FORMAT = "simskip-checkpoint"
+CHECKPOINT_VERSION = 2
+#: Rows hashed into a checkpoint's data fingerprint (evenly spaced, whatever the number of rows).
+FINGERPRINT_ROWS = 64
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,8 +61,15 @@ class TrainConfig:
         min_delta: smallest improvement that counts.
         pair_fraction: with pair signals, the share of each batch made of positive partners of the other items.
         progress: show a tqdm progress bar.
-        checkpoint_dir: write a checkpoint there after every epoch.
-        resume: continue from the checkpoint in ``checkpoint_dir`` when one exists.
+        checkpoint_dir: write a checkpoint there after every epoch: one ``checkpoint.safetensors`` file
+            (weights, optimizer and random-number state, progress as JSON in its header) replaced as a
+            whole, so a kill leaves the previous epoch's checkpoint or the new one.
+        resume: continue from the checkpoint in ``checkpoint_dir`` when one exists. The checkpoint must come
+            from the same run: data (shape and a fixed sample of rows), seed, lr, weight decay, batch size,
+            validation share, pair fraction, architecture, loss, augmentations and pair signals; any
+            difference is refused with a ``ValueError`` naming it. A run that stopped early trains nothing
+            more and returns its history; one that reached its epochs continues only when ``epochs`` is now
+            larger.
         distributed: train with DistributedDataParallel across the ranks of the initialised
             torch.distributed process group (launch with ``torchrun``, see :mod:`simskip_core.scale.distributed`).
             None (default): on exactly when a process group of more than one process is initialised.
@@ -321,35 +337,161 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def _save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for suffix, writer in (
-        (
-            ".safetensors",
-            lambda p: save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, p),
-        ),
-        (".json", lambda p: Path(p).write_text(json.dumps(meta), encoding="utf-8")),
-    ):
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+def _fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's entry to disk (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - folders on Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - file systems without fsync on folders
+        pass
+    finally:
         os.close(fd)
-        try:
-            writer(tmp)
-            os.replace(tmp, folder / f"{CHECKPOINT_NAME}{suffix}")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+
+
+def _checkpoint_path(folder: Path) -> Path:
+    return folder / f"{CHECKPOINT_NAME}.safetensors"
+
+
+def _save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write the checkpoint as one file: tensors plus ``meta`` as JSON in the safetensors header.
+
+    The file is written next to the old one, flushed to disk and renamed over it, so a kill at any
+    point leaves either the previous checkpoint or the new one, never a mix of two epochs.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{CHECKPOINT_NAME}.", suffix=".tmp")
+    os.close(fd)
+    header = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION), "meta": json.dumps(meta)}
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=header)
+        _fsync_path(Path(tmp))
+        os.replace(tmp, _checkpoint_path(folder))
+        _fsync_path(folder)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Delete half-written checkpoint files that a killed run left (only simskip's own ``.checkpoint.*.tmp``)."""
+    for stale in folder.glob(f".{CHECKPOINT_NAME}.*.tmp"):
+        stale.unlink(missing_ok=True)
+        logger.info("removed %s, a checkpoint left half-written by an interrupted run", stale)
 
 
 def _load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-    weights, meta_path = folder / f"{CHECKPOINT_NAME}.safetensors", folder / f"{CHECKPOINT_NAME}.json"
-    if not weights.exists() or not meta_path.exists():
+    """The tensors and metadata of the checkpoint in ``folder``; None when there is none."""
+    path = _checkpoint_path(folder)
+    if not path.exists():
+        if (folder / f"{CHECKPOINT_NAME}.json").exists():
+            raise ValueError(_old_format_message(folder))
         return None
     try:
-        return load_file(str(weights)), json.loads(meta_path.read_text(encoding="utf-8"))
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
     except Exception as error:
         raise CorruptModelError(
-            f"the checkpoint in {folder} is unreadable ({error}); delete it to start afresh."
+            f"the checkpoint {path} is unreadable ({error}); delete it or pass a new checkpoint_dir "
+            "(--checkpoint-dir) to start afresh."
         ) from error
+    if header.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(_old_format_message(folder))
+    if header.get("version") != str(CHECKPOINT_VERSION):
+        raise ValueError(
+            f"the checkpoint {path} has format version {header.get('version')!r}, this simskip reads "
+            f"{CHECKPOINT_VERSION}; pass a new checkpoint_dir (--checkpoint-dir) or start without resume."
+        )
+    try:
+        meta = json.loads(header["meta"])
+    except (KeyError, json.JSONDecodeError) as error:
+        raise CorruptModelError(
+            f"the checkpoint {path} has no readable metadata ({error}); delete it or pass a new checkpoint_dir."
+        ) from error
+    return tensors, meta
+
+
+def _old_format_message(folder: Path) -> str:
+    return (
+        f"{folder} holds a checkpoint of an older simskip (weights and {CHECKPOINT_NAME}.json written one after "
+        "the other, which a kill can mix up), which cannot be resumed safely; pass a new checkpoint_dir "
+        "(--checkpoint-dir) or start without resume."
+    )
+
+
+def _loss_config(loss_fn: ContrastiveLoss) -> Any:
+    """The loss's settings: its ``config()`` when it has one, else its plain (non-tensor) attributes."""
+    config = getattr(loss_fn, "config", None)
+    if callable(config):
+        return config()
+    plain = (bool, int, float, str, tuple, type(None))
+    return {
+        key: value
+        for key, value in sorted(vars(loss_fn).items())
+        if not key.startswith("_") and key != "training" and isinstance(value, plain)
+    }
+
+
+def _data_digest(rows: _Rows) -> str:
+    """sha256 of a fixed sample of rows (evenly spaced, first and last included): O(1) in the number of rows."""
+    n = rows.shape[0]
+    pick = np.unique(np.linspace(0, n - 1, min(n, FINGERPRINT_ROWS)).round().astype(np.int64))
+    sample = rows.take(torch.from_numpy(pick)).contiguous()
+    return hashlib.sha256(sample.numpy().tobytes()).hexdigest()
+
+
+def _fingerprint(
+    rows: _Rows,
+    refiner: SkipRefiner,
+    loss_fn: ContrastiveLoss,
+    augmentation: Augmentation,
+    signals: Sequence[PairSignal],
+    config: TrainConfig,
+) -> dict[str, Any]:
+    """What a checkpoint must share with the run that resumes it (as JSON values)."""
+    fingerprint = {
+        "data shape": list(rows.shape),
+        "data sample hash": _data_digest(rows),
+        "seed": config.seed,
+        "lr": config.lr,
+        "weight_decay": config.weight_decay,
+        "batch_size": config.batch_size,
+        "val_fraction": config.val_fraction,
+        "pair_fraction": config.pair_fraction,
+        "augment_fit_rows": config.augment_fit_rows,
+        "architecture": refiner.config(),
+        "loss": [type(loss_fn).__name__, _loss_config(loss_fn)],
+        "augmentation": [type(augmentation).__name__, augmentation.config()],
+        "pair signals": [signal.name for signal in signals],
+    }
+    result: dict[str, Any] = json.loads(json.dumps(fingerprint, default=str))
+    return result
+
+
+def _check_fingerprint(path: Path, saved: Any, current: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming every field in which the checkpoint's run differs from this one."""
+    if not isinstance(saved, dict):
+        raise CorruptModelError(f"the checkpoint {path} has no run fingerprint; pass a new checkpoint_dir.")
+    differ = [key for key in current if saved.get(key) != current[key]]
+    if not differ:
+        return
+    shown = []
+    for key in differ:
+        before, now = saved.get(key), current[key]
+        if isinstance(now, dict) and isinstance(before, dict):
+            keys = sorted(k for k in {*now, *before} if now.get(k) != before.get(k))
+            shown.append(f"{key} ({', '.join(f'{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in keys)})")
+        elif key == "data sample hash":
+            shown.append("data (other rows)")
+        else:
+            shown.append(f"{key} ({before!r} -> {now!r})")
+    raise ValueError(
+        f"the checkpoint {path} belongs to another run: {'; '.join(shown)} (checkpoint -> now). Pass a new "
+        "checkpoint_dir (--checkpoint-dir) for this run, or start without resume to overwrite it."
+    )
 
 
 def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -359,6 +501,89 @@ def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Te
 def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     start = len(prefix) + 1
     return {k[start:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+@dataclass
+class _RunState:
+    """Where a run stands after an epoch: what a checkpoint stores besides the tensors of the modules."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: float | None = None
+    best_state: dict[str, Any] | None = None
+    bad_epochs: int = 0
+    epoch: int = 0
+    stopped: str | None = None  # "early", "epochs" (reached its epochs) or None (still running)
+
+
+def _write_checkpoint(
+    folder: Path,
+    state: _RunState,
+    fingerprint: dict[str, Any],
+    refiner: SkipRefiner,
+    loss_fn: ContrastiveLoss,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> None:
+    """Save weights, optimizer state, random-number state and progress as one checkpoint file."""
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    tensors = {
+        **_prefixed("refiner", refiner.state_dict()),
+        **_prefixed("loss", loss_fn.state_dict()),
+        **opt_tensors,
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    if state.best_state is not None:
+        tensors.update(_prefixed("best.refiner", state.best_state["refiner"]))
+        tensors.update(_prefixed("best.loss", state.best_state["loss"]))
+    meta = {
+        "epoch": state.epoch,
+        "stopped": state.stopped,
+        "history": state.history,
+        "best": state.best,
+        "bad_epochs": state.bad_epochs,
+        "optimizer": opt_meta,
+        "fingerprint": fingerprint,
+    }
+    _save_checkpoint(folder, tensors, meta)
+
+
+def _restore(
+    folder: Path,
+    fingerprint: dict[str, Any],
+    refiner: SkipRefiner,
+    loss_fn: ContrastiveLoss,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> _RunState:
+    """Load the checkpoint in ``folder`` into the modules after checking it belongs to this run."""
+    loaded = _load_checkpoint(folder)
+    if loaded is None:
+        logger.info("no checkpoint in %s yet; starting from the first epoch", folder)
+        return _RunState()
+    tensors, meta = loaded
+    path = _checkpoint_path(folder)
+    _check_fingerprint(path, meta.get("fingerprint"), fingerprint)
+    try:
+        refiner.load_state_dict(_unprefixed("refiner", tensors))
+        loss_fn.load_state_dict(_unprefixed("loss", tensors))
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+        generator.set_state(tensors["generator"])
+        torch.set_rng_state(tensors["torch_rng"])
+        best_state = None
+        if any(k.startswith("best.") for k in tensors):
+            best_state = {
+                "refiner": _unprefixed("best.refiner", tensors),
+                "loss": _unprefixed("best.loss", tensors),
+            }
+        return _RunState(
+            meta["history"], meta["best"], best_state, meta["bad_epochs"], meta["epoch"], meta["stopped"]
+        )
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise CorruptModelError(
+            f"the checkpoint {path} does not fit this run's model ({str(error).splitlines()[0]}); pass a new "
+            "checkpoint_dir (--checkpoint-dir) or start without resume."
+        ) from error
 
 
 def _resolve_distributed(config: TrainConfig) -> _dist.DistInfo:
@@ -470,31 +695,21 @@ def fit_refiner(
             find_unused_parameters=has_loss_params,
         )
 
-    history: list[dict[str, Any]] = []
-    best: float | None = None
-    best_state: dict[str, Any] | None = None
-    bad_epochs = 0
-    start_epoch = 0
     folder = Path(config.checkpoint_dir).expanduser() if config.checkpoint_dir else None
+    fingerprint = (
+        _fingerprint(rows, refiner, loss_fn, augmentation, signals, config) if folder is not None else {}
+    )
+    state = _RunState()
+    if folder is not None and info.is_main:
+        _remove_stale_temporaries(folder)
     if folder is not None and config.resume:
-        loaded = _load_checkpoint(folder)
-        if loaded is not None:
-            tensors, meta = loaded
-            refiner.load_state_dict(_unprefixed("refiner", tensors))
-            loss_fn.load_state_dict(_unprefixed("loss", tensors))
-            optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
-            generator.set_state(tensors["generator"])
-            if any(k.startswith("best.") for k in tensors):
-                best_state = {
-                    "refiner": _unprefixed("best.refiner", tensors),
-                    "loss": _unprefixed("best.loss", tensors),
-                }
-            history, best, bad_epochs, start_epoch = (
-                meta["history"],
-                meta["best"],
-                meta["bad_epochs"],
-                meta["epoch"],
-            )
+        state = _restore(folder, fingerprint, refiner, loss_fn, optimizer, generator)
+        if state.stopped == "early":
+            logger.info("the run in %s had stopped early; nothing to train, returning its history", folder)
+        elif state.epoch < config.epochs and state.epoch:
+            logger.info("resuming the run in %s after epoch %d", folder, state.epoch)
+    history, best, best_state, bad_epochs = state.history, state.best, state.best_state, state.bad_epochs
+    start_epoch = config.epochs if state.stopped == "early" else state.epoch
 
     def validation() -> float:
         if val_score is not None:
@@ -572,27 +787,12 @@ def fit_refiner(
                     }
                 else:
                     bad_epochs += 1
+            stop_early = config.patience is not None and bad_epochs >= config.patience
             if folder is not None and info.is_main:
-                opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-                tensors = {
-                    **_prefixed("refiner", refiner.state_dict()),
-                    **_prefixed("loss", loss_fn.state_dict()),
-                    **opt_tensors,
-                    "generator": generator.get_state(),
-                }
-                if best_state is not None:
-                    tensors.update(_prefixed("best.refiner", best_state["refiner"]))
-                    tensors.update(_prefixed("best.loss", best_state["loss"]))
-                meta = {
-                    "epoch": epoch + 1,
-                    "history": history,
-                    "best": best,
-                    "bad_epochs": bad_epochs,
-                    "optimizer": opt_meta,
-                    "config": asdict(config),
-                }
-                _save_checkpoint(folder, tensors, meta)
-            if config.patience is not None and bad_epochs >= config.patience:
+                stopped = "early" if stop_early else ("epochs" if epoch + 1 == config.epochs else None)
+                done = _RunState(history, best, best_state, bad_epochs, epoch + 1, stopped)
+                _write_checkpoint(folder, done, fingerprint, refiner, loss_fn, optimizer, generator)
+            if stop_early:
                 break
     finally:
         bar.close()
