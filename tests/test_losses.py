@@ -655,3 +655,119 @@ def test_percentile_matches_numpy(q: float) -> None:
     """The sort-based percentile used for the thresholds interpolates like numpy.percentile."""
     values = torch.randn(37, generator=torch.Generator().manual_seed(5))
     assert float(percentile(values, q)) == pytest.approx(float(np.percentile(values.numpy(), q)), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Difficulty thresholds by selection (torch.kthvalue) instead of a full sort
+# ----------------------------------------------------------------------------------------------
+
+TREATMENTS_ALL = ("removal", "margin", "temperature")
+EDGE_PERCENTILES = [0.0, 0.1, 12.5, 33.3, 50.0, 90.0, 99.0, 99.9, 100.0]
+
+
+def sorted_percentile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """The thresholds as computed before kthvalue: sort everything, interpolate two order statistics."""
+    ordered = values.sort().values
+    position = q / 100.0 * (ordered.numel() - 1)
+    lo = math.floor(position)
+    hi = min(lo + 1, ordered.numel() - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (position - lo)
+
+
+def tied_values(seed: int, n: int) -> torch.Tensor:
+    """Values with many ties: n draws from 7 levels."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 7, (n,), generator=g).float() / 7.0
+
+
+@pytest.mark.parametrize("q", EDGE_PERCENTILES)
+@pytest.mark.parametrize("kind", ["normal", "ties", "single", "pair", "large"])
+def test_percentile_by_selection_equals_the_sorted_formula(q: float, kind: str) -> None:
+    """Same value, bit for bit, as the sort-based formula, with ties and at the edge percentiles."""
+    g = torch.Generator().manual_seed(11)
+    values = {
+        "normal": lambda: torch.randn(37, generator=g),
+        "ties": lambda: tied_values(3, 50),
+        "single": lambda: torch.randn(1, generator=g),
+        "pair": lambda: torch.randn(2, generator=g),
+        "large": lambda: torch.rand(261_120, generator=g) * 2 - 1,  # the negatives of a 512 x 512 matrix
+    }[kind]()
+    got, expected = percentile(values, q), sorted_percentile(values, q)
+    assert got.dtype == expected.dtype and got.item() == expected.item()
+
+
+def test_percentile_ranks_nan_last_like_a_sort() -> None:
+    """NaNs sit above every number, as in the sorted formula."""
+    values = torch.tensor([0.3, float("nan"), -1.0, 2.0, float("nan")])
+    for q in EDGE_PERCENTILES:
+        got, expected = percentile(values, q), sorted_percentile(values, q)
+        assert (math.isnan(got.item()) and math.isnan(expected.item())) or got.item() == expected.item()
+
+
+def test_percentile_does_not_sort(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thresholds come from a selection: a full sort of the similarities is never run."""
+
+    def no_sort(*args: object, **kwargs: object) -> None:
+        raise AssertionError("percentile sorted its input")
+
+    values = torch.randn(1000, generator=torch.Generator().manual_seed(2))
+    expected = sorted_percentile(values, 90.0)
+    monkeypatch.setattr(torch.Tensor, "sort", no_sort)
+    monkeypatch.setattr(torch, "sort", no_sort)
+    assert percentile(values, 90.0).item() == expected.item()
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "match"),
+    [
+        (torch.empty(0), 50.0, "non-empty 1-D"),
+        (torch.zeros(3, 4), 50.0, "non-empty 1-D"),
+        (torch.zeros(5), -1.0, r"\[0, 100\]"),
+        (torch.zeros(5), 100.5, r"\[0, 100\]"),
+    ],
+)
+def test_percentile_rejects_bad_input(values: torch.Tensor, q: float, match: str) -> None:
+    """Empty or 2-D input and a q outside [0, 100] are refused (a negative q used to wrap around silently)."""
+    with pytest.raises(ValueError, match=match):
+        percentile(values, q)
+
+
+def tied_batch(seed: int, batch: int) -> tuple[torch.Tensor, ...]:
+    """Projections and features where many rows repeat, so many negative cosines tie."""
+    g = torch.Generator().manual_seed(seed)
+    z_a, z_b = torch.randn(batch, 6, generator=g), torch.randn(batch, 6, generator=g)
+    base = torch.randn(3, 5, generator=g)
+    h_a = base[torch.randint(0, 3, (batch,), generator=g)]
+    h_b = base[torch.randint(0, 3, (batch,), generator=g)]
+    return z_a, z_b, h_a, h_b
+
+
+@pytest.mark.parametrize(
+    ("low", "high"), [(0.0, 100.0), (0.0, 0.5), (50.0, 99.0), (90.0, 99.0), (99.5, 100.0), (12.5, 87.5)]
+)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+def test_difficulty_loss_equals_sort_based_thresholds(
+    monkeypatch: pytest.MonkeyPatch, low: float, high: float, seed: int, ties: bool
+) -> None:
+    """Flags and loss are identical to those of the sort-based thresholds on random batches."""
+    from simskip_core.losses import difficulty
+
+    if ties:
+        z_a, z_b, h_a, h_b = tied_batch(seed, 24)
+    else:
+        g = torch.Generator().manual_seed(seed)
+        z_a, z_b, h_a, h_b = (torch.randn(24, 6, generator=g) for _ in range(4))
+    loss = DifficultyAwareLoss(
+        temperature=0.3, low_percentile=low, high_percentile=high, treatments=TREATMENTS_ALL
+    )
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        flags = loss.difficult_pairs(z_a, z_b, features=(h_a, h_b))
+        return flags, loss(z_a, z_b, features=(h_a, h_b))
+
+    flags, value = run()
+    monkeypatch.setattr(difficulty, "percentile", sorted_percentile)
+    old_flags, old_value = run()
+    assert torch.equal(flags, old_flags)
+    assert value.item() == old_value.item()

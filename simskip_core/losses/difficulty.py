@@ -25,14 +25,32 @@ TREATMENTS = ("removal", "margin", "temperature")
 def percentile(values: torch.Tensor, q: float) -> torch.Tensor:
     """The ``q``-th percentile (0-100) of a 1-D tensor, linearly interpolated like ``numpy.percentile``.
 
-    Sorting instead of :func:`torch.quantile`, which refuses inputs of more than 2**24 elements
-    (a batch of 2048 items already has 16.8 million pairs).
+    With n values in ascending order v_0 <= ... <= v_{n-1}, position p = q / 100 * (n - 1) and
+    i = floor(p), the result is v_i + (v_{i+1} - v_i) * (p - i) (v_{n-1} at q = 100). The two order
+    statistics come from :func:`torch.kthvalue` (a selection, no full sort; NaNs rank last, as in a
+    sort). Not :func:`torch.quantile`, which refuses inputs of more than 2**24 elements (a batch of
+    2048 items already has 16.8 million pairs).
+
+    Raises:
+        ValueError: ``values`` is not a non-empty 1-D tensor, or ``q`` is not in [0, 100].
     """
-    ordered = values.sort().values  # (n,)
-    position = q / 100.0 * (ordered.numel() - 1)
+    if values.ndim != 1 or values.numel() == 0:
+        raise ValueError(
+            f"percentile needs a non-empty 1-D tensor, got shape {tuple(values.shape)}; flatten it or select values first."
+        )
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"q must be a percentile in [0, 100], got {q}; it is not a fraction.")
+    position = q / 100.0 * (values.numel() - 1)
     lo = math.floor(position)
-    hi = min(lo + 1, ordered.numel() - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (position - lo)
+    hi = min(lo + 1, values.numel() - 1)
+    low = _order_statistic(values, lo)
+    high = low if hi == lo else _order_statistic(values, hi)
+    return low + (high - low) * (position - lo)
+
+
+def _order_statistic(values: torch.Tensor, index: int) -> torch.Tensor:
+    """The 0-based ``index``-th smallest of the 1-D ``values`` (``values.sort().values[index]``)."""
+    return torch.kthvalue(values, index + 1).values
 
 
 class DifficultyAwareLoss(ContrastiveLoss):
