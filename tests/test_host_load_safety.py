@@ -121,7 +121,7 @@ def test_a_folder_naming_a_foreign_module_class_is_refused_and_runs_nothing(save
     marker = tmp_path / "marker"
     (folder / "evil.py").write_text(_marker_code(marker) + "class Module:\n    pass\n")
     _add_module(folder, "evil.Module")
-    with pytest.raises(UnsafeModelError, match="'evil.Module'"):
+    with pytest.raises(UnsafeModelError, match=r"'evil\.Module'"):
         load_refined_model(folder, device="cpu")
     assert not marker.exists()
 
@@ -156,7 +156,7 @@ def test_a_config_with_an_auto_map_is_refused(saved_text_model, tmp_path):
     config = json.loads((folder / "config.json").read_text())
     config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(UnsafeModelError, match="config.json has an auto_map"):
+    with pytest.raises(UnsafeModelError, match=r"config\.json has an auto_map"):
         load_refined_model(folder, device="cpu")
 
 
@@ -174,10 +174,10 @@ def test_unreadable_modules_json_is_a_corrupt_model(saved_text_model, tmp_path):
 
     folder = _linked_copy(saved_text_model[0], tmp_path / "broken")
     (folder / "modules.json").write_text("[{")
-    with pytest.raises(CorruptModelError, match="modules.json is not valid JSON"):
+    with pytest.raises(CorruptModelError, match=r"modules\.json is not valid JSON"):
         load_refined_model(folder)
     (folder / "modules.json").unlink()
-    with pytest.raises(CorruptModelError, match="has no modules.json"):
+    with pytest.raises(CorruptModelError, match=r"has no modules\.json"):
         load_refined_model(folder)
 
 
