@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 from simskip_core.lazy import lazy_exports
 
-__all__ = ["EmbeddingSet", "SimSkip", "SkipRefiner", "__version__", "hookimpl"]
+__all__ = ["EmbeddingSet", "SimSkip", "SkipRefiner", "__version__", "attach", "extract", "hookimpl"]
 
 # Names are imported on first use, so ``import simskip_core`` (and ``simskip --help``) stays cheap.
 __getattr__, __dir__ = lazy_exports(
@@ -23,6 +23,8 @@ __getattr__, __dir__ = lazy_exports(
         "EmbeddingSet": "simskip_core.embeddings",
         "SimSkip": "simskip_core.api",
         "SkipRefiner": "simskip_core.refiner",
+        "attach": "simskip_core.host",
+        "extract": "simskip_core.host",
         "hookimpl": "simskip_core.hooks",
     },
 )

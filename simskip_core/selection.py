@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from sklearn.model_selection import StratifiedShuffleSplit
@@ -13,11 +13,26 @@ from simskip_core.evaluation import knn_correct, probe_correct
 
 __all__ = ["LabelProbe", "Probe", "select_candidate"]
 
-#: A probe scores candidate embeddings (rows aligned with the fit data) on validation split ``split_seed``;
-#: higher is better. Each domain plugin supplies a default through ``simskip_default_probe``. A probe
-#: should say whether it reads class labels with a ``uses_labels`` attribute; the suite reports a probe
-#: that does not say as label-using.
-Probe = Callable[[np.ndarray, int], float]
+
+@runtime_checkable
+class Probe(Protocol):
+    """Scores candidate embeddings (rows aligned with the fit data) on validation split ``split_seed``;
+    higher is better.
+
+    Each benchmark task supplies a default through ``Task.default_probe``. ``uses_labels`` says whether
+    the probe reads class labels: auto mode guided by such a probe is a label-using mode. A plain
+    callable without the attribute still works in :func:`select_candidate` and ``SimSkip(probe=...)``;
+    the benchmark reports it, conservatively, as label-using.
+    """
+
+    @property
+    def uses_labels(self) -> bool:
+        """Whether the probe reads class labels."""
+        ...
+
+    def __call__(self, z: np.ndarray, split_seed: int, /) -> float:
+        """The score of embeddings ``z`` on validation split ``split_seed``."""
+        ...
 
 
 @dataclass
@@ -32,9 +47,6 @@ class LabelProbe:
         k: neighbours for "knn".
     """
 
-    #: A label probe reads class labels, so auto mode guided by it is a label-using mode.
-    uses_labels: ClassVar[bool] = True
-
     labels: np.ndarray
     metric: str = "knn"
     val_fraction: float = 0.3
@@ -47,6 +59,11 @@ class LabelProbe:
         labelled = self.labels >= 0
         if labelled.sum() < 4 or np.unique(self.labels[labelled]).size < 2:
             raise ValueError("LabelProbe needs at least 4 labelled rows from at least 2 classes.")
+
+    @property
+    def uses_labels(self) -> bool:
+        """True: a label probe reads class labels, so auto mode guided by it is a label-using mode."""
+        return True
 
     def __call__(self, z: np.ndarray, split_seed: int) -> float:
         """Accuracy on split ``split_seed`` of the labelled rows of ``z``."""
@@ -73,7 +90,7 @@ class LabelProbe:
 
 def select_candidate(
     candidates: Mapping[str, np.ndarray],
-    probe: Probe,
+    probe: Probe | Callable[[np.ndarray, int], float],
     *,
     n_splits: int = 5,
     z: float = 2.0,

@@ -6,14 +6,18 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from simskip_core.embeddings import EmbeddingSet
 
+if TYPE_CHECKING:
+    from simskip_core.selection import Probe
+
 __all__ = [
     "EvalResult",
+    "Evaluator",
     "ItemScores",
     "LoadOptions",
     "Method",
@@ -64,9 +68,14 @@ class TaskData:
     context: dict[str, Any] = field(default_factory=dict)
 
 
+#: ``evaluate(data, train, test, seed, extras) -> EvalResult``: a task's downstream scoring of refined
+#: train/test vectors; ``extras`` is the producing method's :attr:`MethodOutput.extras`.
+Evaluator = Callable[[TaskData, np.ndarray, np.ndarray, int, Mapping[str, Any]], "EvalResult"]
+
+
 @dataclass(frozen=True)
 class Task:
-    """A benchmark task a plugin registers through ``simskip_register_tasks``.
+    """A benchmark task a plugin registers through ``simskip_register_tasks``; it carries its own behaviour.
 
     Attributes:
         name: unique name, ``"<domain>/<dataset>[-<encoder>]"``.
@@ -78,6 +87,17 @@ class Task:
         metrics: every metric the evaluator reports.
         defaults: SimSkip keyword arguments for this task (same for every seed).
         quick: whether the task is part of ``--suite quick``.
+        evaluate: ``evaluate(data, train, test, seed, extras) -> EvalResult``, the downstream metric of
+            refined vectors (with per-test-item scores for paired bootstrap tests). None: the
+            ``simskip_evaluate`` hook is asked instead (the fallback for tasks written before tasks
+            carried their evaluator).
+        default_probe: ``default_probe(data) -> Probe | None``, the probe auto mode uses on this task
+            (scoring validation splits of the *training* items); None: the ``simskip_default_probe``
+            hook is asked. Returning None means the task has no probe.
+        pair_signals: ``pair_signals(data) -> {name: (m, 2) row indices} | None``, extra positive-pair
+            signals of the training items; None: the ``simskip_pair_signals`` hook is asked.
+        methods: the task's own methods (fair domain baselines, refiners that use the domain), run
+            next to the core's and to those any plugin adds through ``simskip_task_methods``.
     """
 
     name: str
@@ -89,6 +109,10 @@ class Task:
     metrics: tuple[str, ...]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     quick: bool = True
+    evaluate: Evaluator | None = None
+    default_probe: Callable[[TaskData], Probe | None] | None = None
+    pair_signals: Callable[[TaskData], Mapping[str, np.ndarray] | None] | None = None
+    methods: tuple[Method, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -57,8 +57,39 @@ def _words(seed: int = 0) -> TaskData:
     return TaskData(train=EmbeddingSet(x), test=EmbeddingSet(x), context={"pairs": pairs, "gold": gold})
 
 
+def _evaluate_labels(
+    data: TaskData, train: np.ndarray, test: np.ndarray, seed: int, extras: Any
+) -> EvalResult:
+    assert data.train.labels is not None and data.test.labels is not None
+    knn = knn_correct(train, data.train.labels, test, data.test.labels, k=5).astype(np.float64)
+    probe, _ = probe_correct(train, data.train.labels, test, data.test.labels, cs=(1.0,), seed=seed)
+    return EvalResult(
+        metrics={"knn5_acc": float(knn.mean()), "probe_acc": float(probe.mean())},
+        items={
+            "knn5_acc": ItemScores("mean", knn),
+            "probe_acc": ItemScores("mean", probe.astype(np.float64)),
+        },
+    )
+
+
+def _evaluate_words(
+    data: TaskData, train: np.ndarray, test: np.ndarray, seed: int, extras: Any
+) -> EvalResult:
+    return similarity_eval(test, data.context["pairs"], data.context["gold"])
+
+
+def _chain(data: TaskData) -> dict[str, np.ndarray]:
+    n = len(data.train)
+    return {"chain": np.stack([np.arange(n - 3), np.arange(3, n)], axis=1)}
+
+
+def _label_probe(data: TaskData) -> LabelProbe | None:
+    return None if data.train.labels is None else LabelProbe(data.train.labels)
+
+
 class SyntheticPlugin:
-    """Registers three tasks (one whose data is missing), evaluates them, and adds a counting method."""
+    """Registers four tasks (one whose data is missing) that carry their evaluation, probe, pair
+    signals and a counting method."""
 
     def __init__(self, interrupt_on_call: int | None = None) -> None:
         self.loads: Counter[str] = Counter()
@@ -73,6 +104,16 @@ class SyntheticPlugin:
 
         return load
 
+    def _counting(self) -> Method:
+        def run(task: Task, data: TaskData, seed: int, state: dict[str, Any]) -> MethodOutput:
+            self.calls += 1
+            if self.interrupt_on_call is not None and self.calls == self.interrupt_on_call:
+                raise KeyboardInterrupt
+            self.runs[(task.name, seed)] += 1
+            return MethodOutput(train=data.train.vectors * 2.0, test=data.test.vectors * 2.0)
+
+        return Method("counting", "baseline", False, run, description="x -> 2x, counts its runs")
+
     @hookimpl
     def simskip_register_tasks(self, register: Any) -> None:
         register(
@@ -85,6 +126,10 @@ class SyntheticPlugin:
                 primary_metric="knn5_acc",
                 metrics=("knn5_acc", "probe_acc"),
                 defaults=DEFAULTS,
+                evaluate=_evaluate_labels,
+                default_probe=_label_probe,
+                pair_signals=_chain,
+                methods=(self._counting(),),
             )
         )
         register(
@@ -97,6 +142,8 @@ class SyntheticPlugin:
                 primary_metric="spearman",
                 metrics=("spearman",),
                 defaults=DEFAULTS,
+                evaluate=_evaluate_words,
+                default_probe=_label_probe,
             )
         )
 
@@ -112,6 +159,7 @@ class SyntheticPlugin:
                 load=missing,
                 primary_metric="knn5_acc",
                 metrics=("knn5_acc",),
+                evaluate=_evaluate_labels,
             )
         )
         register(
@@ -124,54 +172,9 @@ class SyntheticPlugin:
                 primary_metric="knn5_acc",
                 metrics=("knn5_acc", "probe_acc"),
                 quick=False,
+                evaluate=_evaluate_labels,
             )
         )
-
-    @hookimpl
-    def simskip_evaluate(
-        self, task: Task, data: TaskData, train: np.ndarray, test: np.ndarray, seed: int
-    ) -> EvalResult | None:
-        if task.name == "synthetic/words":
-            return similarity_eval(test, data.context["pairs"], data.context["gold"])
-        if task.domain not in {"synthetic", "other"}:
-            return None
-        assert data.train.labels is not None and data.test.labels is not None
-        knn = knn_correct(train, data.train.labels, test, data.test.labels, k=5).astype(np.float64)
-        probe, _ = probe_correct(train, data.train.labels, test, data.test.labels, cs=(1.0,), seed=seed)
-        return EvalResult(
-            metrics={"knn5_acc": float(knn.mean()), "probe_acc": float(probe.mean())},
-            items={
-                "knn5_acc": ItemScores("mean", knn),
-                "probe_acc": ItemScores("mean", probe.astype(np.float64)),
-            },
-        )
-
-    @hookimpl
-    def simskip_pair_signals(self, task: Task, data: TaskData) -> dict[str, np.ndarray] | None:
-        if task.name != "synthetic/blobs":
-            return None
-        n = len(data.train)
-        return {"chain": np.stack([np.arange(n - 3), np.arange(3, n)], axis=1)}
-
-    @hookimpl
-    def simskip_default_probe(self, task: Task, data: TaskData) -> Any:
-        if task.name == "synthetic/blobs" and data.train.labels is not None:
-            return LabelProbe(data.train.labels)
-        return None
-
-    @hookimpl
-    def simskip_task_methods(self, task: Task) -> list[Method] | None:
-        if task.name != "synthetic/blobs":
-            return None
-
-        def run(task: Task, data: TaskData, seed: int, state: dict[str, Any]) -> MethodOutput:
-            self.calls += 1
-            if self.interrupt_on_call is not None and self.calls == self.interrupt_on_call:
-                raise KeyboardInterrupt
-            self.runs[(task.name, seed)] += 1
-            return MethodOutput(train=data.train.vectors * 2.0, test=data.test.vectors * 2.0)
-
-        return [Method("counting", "baseline", False, run, description="x -> 2x, counts its runs")]
 
 
 @pytest.fixture

@@ -2,60 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from simskip_core.embeddings import EmbeddingSet
 from simskip_core.hooks import hookimpl
-from simskip_core.tasks import EvalResult, Method, Task, TaskData
+from simskip_core.tasks import Task
 from simskip_graph import tasks as _tasks
-
-
-def _is_graph(task: Task) -> bool:
-    return task.domain == _tasks.DOMAIN
 
 
 @hookimpl
 def simskip_register_tasks(register: Callable[[Task], None]) -> None:
-    """Register ``graph/<polblogs|polbooks|football|karate>-<dgi|skipgram|gcn-sup|text>``."""
+    """Register ``graph/<polblogs|polbooks|football|karate>-<dgi|skipgram|gcn-sup|text>``, each carrying its
+    node-classification evaluation, probe, ``edges`` pair signal and graph methods."""
     for task in _tasks.graph_tasks():
         register(task)
-
-
-@hookimpl
-def simskip_evaluate(
-    task: Task, data: TaskData, train: np.ndarray, test: np.ndarray, seed: int
-) -> EvalResult | None:
-    """Node classification on the task's fixed split (None for other domains)."""
-    if not _is_graph(task):
-        return None
-    return _tasks.evaluate(task, data, train, test, seed)
-
-
-@hookimpl
-def simskip_pair_signals(task: Task, data: TaskData) -> Mapping[str, np.ndarray] | None:
-    """The graph's edges as the ``edges`` positive-pair signal (None for other domains)."""
-    if not _is_graph(task):
-        return None
-    return _tasks.edge_signal(data)
-
-
-@hookimpl
-def simskip_task_methods(task: Task) -> Sequence[Method] | None:
-    """Neighbour averaging, SGC propagation, spectral embedding and structure-aware SimSkip."""
-    if not _is_graph(task):
-        return None
-    return _tasks.graph_methods()
-
-
-@hookimpl
-def simskip_default_probe(task: Task, data: TaskData) -> Any:
-    """Logistic-regression accuracy on validation splits of the training nodes (None for other domains)."""
-    if not _is_graph(task):
-        return None
-    return _tasks.default_probe(data)
 
 
 @hookimpl

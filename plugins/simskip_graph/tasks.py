@@ -20,7 +20,7 @@ Protocol (transductive, as usual for node classification):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,8 @@ __all__ = [
     "QUICK_TASKS",
     "TRAIN_FRACTION",
     "build_task_data",
+    "default_probe",
+    "edge_signal",
     "evaluate",
     "graph_methods",
     "graph_tasks",
@@ -190,6 +192,7 @@ def _defaults(graph: str) -> dict[str, Any]:
 def graph_tasks() -> list[Task]:
     """One task per graph and base encoder (text only for graphs with node names)."""
     tasks = []
+    methods = tuple(graph_methods())
     for graph, spec in GRAPH_DATASETS.items():
         for encoder in encoders.ENCODERS:
             if encoder == "text" and spec.names is None:
@@ -217,12 +220,18 @@ def graph_tasks() -> list[Task]:
                     metrics=("probe_acc", "probe_macro_f1", "knn5_acc"),
                     defaults=_defaults(graph),
                     quick=name in QUICK_TASKS,
+                    evaluate=evaluate,
+                    default_probe=default_probe,
+                    pair_signals=edge_signal,
+                    methods=methods,
                 )
             )
     return tasks
 
 
-def evaluate(task: Task, data: TaskData, train: np.ndarray, test: np.ndarray, seed: int) -> EvalResult:
+def evaluate(
+    data: TaskData, train: np.ndarray, test: np.ndarray, seed: int, extras: Mapping[str, Any] | None = None
+) -> EvalResult:
     """Probe accuracy, macro-F1 and 5-NN accuracy: fit on the training nodes' rows of ``train``,
     score the test nodes' rows of ``test`` (both have one row per node).
 
@@ -233,7 +242,8 @@ def evaluate(task: Task, data: TaskData, train: np.ndarray, test: np.ndarray, se
     y = ctx.get("y")
     if y is None or "train_index" not in ctx:
         raise ValueError(
-            f"task {task.name} has no node labels (context['y']); node classification cannot be evaluated."
+            "the task data has no node labels (context['y'], build it with build_task_data); "
+            "node classification cannot be evaluated."
         )
     n = int(ctx["num_nodes"])
     for what, arr in (("train", train), ("test", test)):

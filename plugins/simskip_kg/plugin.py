@@ -16,21 +16,13 @@ import numpy as np
 
 from simskip_core.embeddings import EmbeddingSet
 from simskip_core.hooks import hookimpl
-from simskip_core.tasks import EvalResult, Method, Task, TaskData
+from simskip_core.tasks import Task
 from simskip_kg import tasks as _tasks
 
 if importlib.util.find_spec("pykeen") is None:  # pragma: no cover - depends on the install
     raise ImportError("the simskip kg plugin needs pykeen: pip install 'simskip[kg]'")
 
-__all__ = [
-    "simskip_attach",
-    "simskip_default_probe",
-    "simskip_evaluate",
-    "simskip_extract_embeddings",
-    "simskip_pair_signals",
-    "simskip_register_tasks",
-    "simskip_task_methods",
-]
+__all__ = ["simskip_attach", "simskip_extract_embeddings", "simskip_register_tasks"]
 
 
 def _pykeen_model(obj: Any) -> Any:
@@ -50,7 +42,8 @@ def _pykeen_model(obj: Any) -> Any:
 
 @hookimpl
 def simskip_register_tasks(register: Callable[[Task], None]) -> None:
-    """Register kg/{nations,kinships,umls}-{transe,distmult} (Nations in the quick suite)."""
+    """Register kg/{nations,kinships,umls}-{transe,distmult} (Nations in the quick suite), each carrying
+    its link-prediction evaluation, validation-MRR probe, neighbour pair signal and relation re-fit methods."""
     for task in _tasks.kg_tasks():
         register(task)
 
@@ -97,33 +90,6 @@ def simskip_extract_embeddings(source: Any, options: Mapping[str, Any]) -> Embed
             pairs[_tasks.NEIGHBOURS] = neighbour_pairs(training.mapped_triples, len(vectors), top_k=top_k)
     meta = {"domain": "kg", "model": type(model).__name__, "layout": layout.describe(), "kind": kind}
     return EmbeddingSet(vectors, ids=ids, pairs=pairs, meta=meta)
-
-
-@hookimpl
-def simskip_evaluate(
-    task: Task, data: TaskData, train: np.ndarray, test: np.ndarray, seed: int, extras: Mapping[str, Any]
-) -> EvalResult | None:
-    """Filtered link prediction (MRR, Hits@1/3/10) with the entity vectors written back (kg tasks only);
-    re-fitted relations in ``extras`` are written back too."""
-    return _tasks.evaluate(task, data, train, test, seed, extras)
-
-
-@hookimpl
-def simskip_pair_signals(task: Task, data: TaskData) -> Mapping[str, np.ndarray] | None:
-    """``kg_neighbours``: entities sharing a training triple (kg tasks only)."""
-    return _tasks.pair_signals(task, data)
-
-
-@hookimpl
-def simskip_task_methods(task: Task) -> list[Method] | None:
-    """Relation re-fit on raw entities (control) and on SimSkip-refined entities (kg tasks only)."""
-    return _tasks.task_methods(task)
-
-
-@hookimpl
-def simskip_default_probe(task: Task, data: TaskData) -> Any:
-    """Filtered MRR on halves of the validation triples (kg tasks only)."""
-    return _tasks.default_probe(task, data)
 
 
 @hookimpl

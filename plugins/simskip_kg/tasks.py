@@ -33,7 +33,7 @@ __all__ = [
     "evaluate",
     "kg_tasks",
     "pair_signals",
-    "task_methods",
+    "refit_methods",
 ]
 
 #: Dataset name -> (pykeen name, number of entities, whether it is part of the quick suite).
@@ -51,10 +51,6 @@ REFIT_EPOCHS = {"full": 50, "quick": 20}
 NEIGHBOURS = "kg_neighbours"
 #: Key of the re-fitted relation vectors in a re-fit method's ``MethodOutput.extras``.
 RELATIONS = "relations"
-
-
-def _is_kg(task: Task) -> bool:
-    return task.domain == "kg"
 
 
 def _loader(dataset: str, model: str) -> Any:
@@ -118,26 +114,27 @@ def kg_tasks() -> list[Task]:
                     metrics=("mrr", "hits@1", "hits@3", "hits@10"),
                     defaults={"epochs": 100, "batch_size": simskip_batch_size(n_entities)},
                     quick=quick,
+                    evaluate=evaluate,
+                    default_probe=default_probe,
+                    pair_signals=pair_signals,
+                    methods=tuple(refit_methods()),
                 )
             )
     return tasks
 
 
 def evaluate(
-    task: Task,
     data: TaskData,
     train: np.ndarray,
     test: np.ndarray,
     seed: int,
     extras: Mapping[str, Any] | None = None,
-) -> EvalResult | None:
+) -> EvalResult:
     """Write ``test`` (entity vectors) into a copy of the task's model and run the filtered evaluation.
 
     When the method's ``extras`` hold re-fitted relation vectors (key ``"relations"``, set by the
-    relation re-fit methods), they are written too. Returns None for tasks of other domains.
+    relation re-fit methods), they are written too.
     """
-    if not _is_kg(task):
-        return None
     from simskip_kg.embeddings import with_entity_vectors, with_relation_vectors
     from simskip_kg.evaluation import evaluate_link_prediction
 
@@ -153,10 +150,8 @@ def evaluate(
     )
 
 
-def pair_signals(task: Task, data: TaskData) -> Mapping[str, np.ndarray] | None:
+def pair_signals(data: TaskData) -> dict[str, np.ndarray]:
     """``{"kg_neighbours": pairs}``: entities sharing a training triple, top 5 per entity by shared triples."""
-    if not _is_kg(task):
-        return None
     from simskip_kg.pairs import neighbour_pairs
 
     ds = data.context["dataset"]
@@ -167,10 +162,8 @@ def pair_signals(task: Task, data: TaskData) -> Mapping[str, np.ndarray] | None:
     }
 
 
-def default_probe(task: Task, data: TaskData) -> Any:
+def default_probe(data: TaskData) -> Any:
     """Filtered MRR on random halves of the validation triples (:class:`~simskip_kg.probe.ValidationMRRProbe`)."""
-    if not _is_kg(task):
-        return None
     from simskip_kg.probe import ValidationMRRProbe
 
     ds = data.context["dataset"]
@@ -219,10 +212,8 @@ def _run_refined_refit(task: Task, data: TaskData, seed: int, state: dict[str, A
     )
 
 
-def task_methods(task: Task) -> list[Method] | None:
-    """The relation re-fit methods of a KG task (None for other domains)."""
-    if not _is_kg(task):
-        return None
+def refit_methods() -> list[Method]:
+    """The relation re-fit methods every KG task carries."""
     return [
         Method(
             "identity+relation-refit",

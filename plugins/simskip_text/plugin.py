@@ -17,19 +17,13 @@ import numpy as np
 
 from simskip_core.embeddings import EmbeddingSet
 from simskip_core.hooks import hookimpl
-from simskip_core.tasks import EvalResult, Task, TaskData
+from simskip_core.tasks import Task
 from simskip_text import tasks as _tasks
 
 if importlib.util.find_spec("sentence_transformers") is None:  # pragma: no cover - depends on the install
     raise ImportError("the simskip text plugin needs sentence-transformers: pip install 'simskip[text]'")
 
-__all__ = [
-    "simskip_attach",
-    "simskip_default_probe",
-    "simskip_evaluate",
-    "simskip_extract_embeddings",
-    "simskip_register_tasks",
-]
+__all__ = ["simskip_attach", "simskip_extract_embeddings", "simskip_register_tasks"]
 
 
 def _is_sentence_transformer(obj: Any) -> bool:
@@ -43,7 +37,8 @@ def _is_sentence_transformer(obj: Any) -> bool:
 
 @hookimpl
 def simskip_register_tasks(register: Callable[[Task], None]) -> None:
-    """Register text/rotten_tomatoes, text/tweet_sentiment, text/simlex999 and text/wordsim353."""
+    """Register text/rotten_tomatoes, text/tweet_sentiment, text/simlex999 and text/wordsim353 (each
+    carrying its evaluation and default probe)."""
     for task in _tasks.text_tasks():
         register(task)
 
@@ -87,20 +82,6 @@ def simskip_extract_embeddings(source: Any, options: Mapping[str, Any]) -> Embed
         name = str(getattr(given.model_card_data, "base_model", None) or type(given).__name__)
     meta = {"domain": "text", "model": name, "fingerprint": model_fingerprint(model)}
     return EmbeddingSet(vectors, ids=texts, labels=None if labels is None else np.asarray(labels), meta=meta)
-
-
-@hookimpl
-def simskip_evaluate(
-    task: Task, data: TaskData, train: np.ndarray, test: np.ndarray, seed: int
-) -> EvalResult | None:
-    """Classification: probe + k-NN accuracy; word similarity: Spearman (text tasks only)."""
-    return _tasks.evaluate(task, data, train, test, seed)
-
-
-@hookimpl
-def simskip_default_probe(task: Task, data: TaskData) -> Any:
-    """A logistic-regression probe on validation splits of the training items (text classification)."""
-    return _tasks.default_probe(task, data)
 
 
 @hookimpl

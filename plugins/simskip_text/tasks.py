@@ -15,7 +15,7 @@ method sees the same items. Sizes: quick 1,000 train / 500 test texts; full 8,00
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -41,9 +41,10 @@ __all__ = [
     "QUICK_SIZES",
     "SPLIT_SEED",
     "TEXT_DEFAULTS",
-    "default_probe",
+    "classification_probe",
     "embed_with_shipped_model",
-    "evaluate",
+    "evaluate_classification",
+    "evaluate_similarity",
     "text_tasks",
 ]
 
@@ -158,6 +159,8 @@ def text_tasks() -> list[Task]:
             primary_metric="probe_acc",
             metrics=CLASSIFICATION_METRICS,
             defaults=dict(TEXT_DEFAULTS),
+            evaluate=evaluate_classification,
+            default_probe=classification_probe,
         ),
         Task(
             name="text/tweet_sentiment",
@@ -170,6 +173,8 @@ def text_tasks() -> list[Task]:
             primary_metric="probe_acc",
             metrics=CLASSIFICATION_METRICS,
             defaults=dict(TEXT_DEFAULTS),
+            evaluate=evaluate_classification,
+            default_probe=classification_probe,
         ),
         Task(
             name="text/simlex999",
@@ -180,6 +185,8 @@ def text_tasks() -> list[Task]:
             primary_metric="spearman",
             metrics=("spearman",),
             defaults=dict(TEXT_DEFAULTS),
+            evaluate=evaluate_similarity,
+            default_probe=_no_probe,
         ),
         Task(
             name="text/wordsim353",
@@ -190,33 +197,40 @@ def text_tasks() -> list[Task]:
             primary_metric="spearman",
             metrics=("spearman",),
             defaults=dict(TEXT_DEFAULTS),
+            evaluate=evaluate_similarity,
+            default_probe=_no_probe,
             quick=False,
         ),
     ]
 
 
-def evaluate(task: Task, data: TaskData, train: np.ndarray, test: np.ndarray, seed: int) -> EvalResult | None:
-    """Downstream metrics of a text task: probe and k-NN accuracy, or Spearman for word similarity.
-
-    Returns None for tasks of other domains or kinds, so another plugin can answer.
-    """
-    if task.domain != "text":
-        return None
-    kind = data.context.get("kind")
-    if kind == "classification":
-        assert data.train.labels is not None and data.test.labels is not None
-        return classification_eval(train, data.train.labels, test, data.test.labels, seed=seed)
-    if kind == "similarity":
-        return similarity_eval(test, data.context["pairs"], data.context["gold"])
-    return None
+def evaluate_classification(
+    data: TaskData, train: np.ndarray, test: np.ndarray, seed: int, extras: Mapping[str, Any] | None = None
+) -> EvalResult:
+    """Probe accuracy, macro-F1 and 5-NN accuracy of a text classification task (probe fitted on ``train``)."""
+    if data.train.labels is None or data.test.labels is None:
+        raise ValueError(
+            "a text classification task needs labelled train and test texts; the loader gave none."
+        )
+    return classification_eval(train, data.train.labels, test, data.test.labels, seed=seed)
 
 
-def default_probe(task: Task, data: TaskData) -> LabelProbe | None:
+def evaluate_similarity(
+    data: TaskData, train: np.ndarray, test: np.ndarray, seed: int, extras: Mapping[str, Any] | None = None
+) -> EvalResult:
+    """Spearman's rho between the cosine similarities of ``test``'s word pairs and the human ratings."""
+    return similarity_eval(test, data.context["pairs"], data.context["gold"])
+
+
+def classification_probe(data: TaskData) -> LabelProbe | None:
     """Auto mode's probe for a text classification task: logistic-regression accuracy on seeded,
     stratified validation splits of the *training* items (30 % held out per split), never the test set.
-
-    Word-similarity tasks have no labelled training signal, so they get no probe (None).
-    """
-    if task.domain != "text" or data.context.get("kind") != "classification" or data.train.labels is None:
+    None when the training texts carry no labels."""
+    if data.train.labels is None:
         return None
     return LabelProbe(data.train.labels, metric="logreg", val_fraction=0.3)
+
+
+def _no_probe(data: TaskData) -> None:
+    """Word-similarity tasks have no labelled training signal, so auto mode has no probe on them."""
+    return None

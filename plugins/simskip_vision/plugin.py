@@ -15,19 +15,13 @@ import numpy as np
 
 from simskip_core.embeddings import EmbeddingSet
 from simskip_core.hooks import hookimpl
-from simskip_core.tasks import EvalResult, Task, TaskData
+from simskip_core.tasks import Task
 from simskip_vision import tasks as _tasks
 
 if importlib.util.find_spec("timm") is None:  # pragma: no cover - depends on the install
     raise ImportError("the simskip vision plugin needs timm: pip install 'simskip[vision]'")
 
-__all__ = [
-    "simskip_attach",
-    "simskip_default_probe",
-    "simskip_evaluate",
-    "simskip_extract_embeddings",
-    "simskip_register_tasks",
-]
+__all__ = ["simskip_attach", "simskip_extract_embeddings", "simskip_register_tasks"]
 
 
 def _is_timm_model(obj: Any) -> bool:
@@ -41,7 +35,8 @@ def _is_timm_model(obj: Any) -> bool:
 
 @hookimpl
 def simskip_register_tasks(register: Callable[[Task], None]) -> None:
-    """Register vision/fashion_mnist-efficientnet_lite0 and vision/mnist5k-efficientnet_lite0."""
+    """Register vision/fashion_mnist-efficientnet_lite0 and vision/mnist5k-efficientnet_lite0 (each
+    carrying its evaluation and default probe)."""
     for task in _tasks.vision_tasks():
         register(task)
 
@@ -80,20 +75,6 @@ def simskip_extract_embeddings(source: Any, options: Mapping[str, Any]) -> Embed
         use_cache=bool(options.get("use_cache", True)),
         data_config=options.get("data_config"),
     )
-
-
-@hookimpl
-def simskip_evaluate(
-    task: Task, data: TaskData, train: np.ndarray, test: np.ndarray, seed: int
-) -> EvalResult | None:
-    """Linear-probe and k-NN accuracy on the fixed split (vision tasks only)."""
-    return _tasks.evaluate(task, data, train, test, seed)
-
-
-@hookimpl
-def simskip_default_probe(task: Task, data: TaskData) -> Any:
-    """A logistic-regression probe on validation splits of the labelled training items (vision tasks only)."""
-    return _tasks.default_probe(task, data)
 
 
 @hookimpl

@@ -13,7 +13,7 @@ split; extraction runs at timm's default 224 x 224 and is cached under ``LoadOpt
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -148,6 +148,8 @@ def vision_tasks() -> list[Task]:
             primary_metric="probe_acc",
             metrics=metrics,
             defaults=dict(DEFAULTS),
+            evaluate=evaluate,
+            default_probe=default_probe,
             quick=False,
         ),
         Task(
@@ -159,24 +161,24 @@ def vision_tasks() -> list[Task]:
             primary_metric="probe_acc",
             metrics=metrics,
             defaults=dict(DEFAULTS),
+            evaluate=evaluate,
+            default_probe=default_probe,
             quick=True,
         ),
     ]
 
 
-def evaluate(task: Task, data: TaskData, train: np.ndarray, test: np.ndarray, seed: int) -> EvalResult | None:
-    """Linear-probe (CV-tuned logistic regression) and 5-NN accuracy on the task's fixed split; None for other domains."""
-    if task.domain != DOMAIN:
-        return None
+def evaluate(
+    data: TaskData, train: np.ndarray, test: np.ndarray, seed: int, extras: Mapping[str, Any] | None = None
+) -> EvalResult:
+    """Linear-probe (CV-tuned logistic regression) and 5-NN accuracy on the task's fixed split."""
     if data.train.labels is None or data.test.labels is None:
-        raise ValueError(
-            f"task {task.name!r} needs labelled train and test items for probe and k-NN accuracy."
-        )
+        raise ValueError("a vision task needs labelled train and test items for probe and k-NN accuracy.")
     return classification_eval(train, data.train.labels, test, data.test.labels, k=5, seed=seed)
 
 
-def default_probe(task: Task, data: TaskData) -> Callable[[np.ndarray, int], float] | None:
-    """Logistic-regression accuracy on validation splits of the labelled training items; None for other domains."""
-    if task.domain != DOMAIN or data.train.labels is None:
+def default_probe(data: TaskData) -> LabelProbe | None:
+    """Logistic-regression accuracy on validation splits of the labelled training items; None without labels."""
+    if data.train.labels is None:
         return None
     return LabelProbe(data.train.labels, metric="logreg")

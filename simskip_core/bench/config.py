@@ -319,18 +319,20 @@ def select_tasks(tasks: dict[str, Task], config: BenchConfig) -> list[Task]:
 
 
 def task_methods(task: Task) -> list[Method]:
-    """The core's methods followed by the methods plugins declare for ``task`` (names must be unique)."""
+    """The core's methods, then the task's own ``methods``, then those plugins add through the
+    ``simskip_task_methods`` hook (names must be unique)."""
     from simskip_core.bench.methods import core_methods
     from simskip_core.plugins import get_plugin_manager
 
     methods = list(core_methods())
     names = {m.name for m in methods}
-    for declared in get_plugin_manager().hook.simskip_task_methods(task=task):
-        for method in declared or ():
+    declared = [("Task.methods", task.methods)] + [
+        ("simskip_task_methods", added) for added in get_plugin_manager().hook.simskip_task_methods(task=task)
+    ]
+    for origin, group in declared:
+        for method in group or ():
             if not isinstance(method, Method):
-                raise TypeError(
-                    f"simskip_task_methods for {task.name} returned {type(method).__name__}, not a Method."
-                )
+                raise TypeError(f"{origin} for {task.name} holds {type(method).__name__}, not a Method.")
             if method.name in names:
                 raise ValueError(
                     f"two methods named {method.name!r} for task {task.name}; method names must be unique."

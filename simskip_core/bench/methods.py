@@ -29,6 +29,7 @@ from simskip_core.tasks import Method, MethodOutput, Task, TaskData
 __all__ = [
     "NotApplicable",
     "core_methods",
+    "default_probe",
     "probe_uses_labels",
     "sample_shots",
     "simskip_kwargs",
@@ -67,14 +68,24 @@ def _architecture(task: Task) -> dict[str, Any]:
     return {k: defaults[k] for k in _ARCHITECTURE_KWARGS if k in defaults}
 
 
-def task_pairs(task: Task, data: TaskData) -> dict[str, np.ndarray]:
-    """Label-free positive pairs of ``task``'s training items: ``data.train.pairs`` plus every
-    mapping returned by the ``simskip_pair_signals`` hook (later names must not clash)."""
+def _signal_mappings(task: Task, data: TaskData) -> list[Mapping[str, np.ndarray] | None]:
+    if task.pair_signals is not None:
+        return [task.pair_signals(data)]
     from simskip_core.plugins import get_plugin_manager
 
+    mappings: list[Mapping[str, np.ndarray] | None] = get_plugin_manager().hook.simskip_pair_signals(
+        task=task, data=data
+    )
+    return mappings
+
+
+def task_pairs(task: Task, data: TaskData) -> dict[str, np.ndarray]:
+    """Label-free positive pairs of ``task``'s training items: ``data.train.pairs`` plus the task's own
+    ``pair_signals(data)``, or, for a task that carries none, every mapping the ``simskip_pair_signals``
+    hook returns (names must not clash)."""
     pairs: dict[str, np.ndarray] = {name: np.asarray(arr) for name, arr in data.train.pairs.items()}
     n = len(data.train)
-    for mapping in get_plugin_manager().hook.simskip_pair_signals(task=task, data=data):
+    for mapping in _signal_mappings(task, data):
         for name, arr in (mapping or {}).items():
             arr = np.asarray(arr)
             if arr.ndim != 2 or arr.shape[1] != 2:
@@ -91,7 +102,11 @@ def task_pairs(task: Task, data: TaskData) -> dict[str, np.ndarray]:
     return {name: arr for name, arr in pairs.items() if len(arr)}
 
 
-def _default_probe(task: Task, data: TaskData) -> Probe | None:
+def default_probe(task: Task, data: TaskData) -> Probe | None:
+    """Auto mode's probe for ``task``: the task's own ``default_probe(data)``, or, for a task that
+    carries none, the ``simskip_default_probe`` hook's answer; None when there is no probe."""
+    if task.default_probe is not None:
+        return task.default_probe(data)
     from simskip_core.plugins import get_plugin_manager
 
     probe: Probe | None = get_plugin_manager().hook.simskip_default_probe(task=task, data=data)
@@ -214,21 +229,21 @@ def _simskip(loss: str) -> Callable[[Task, TaskData, int, dict[str, Any]], Metho
 def _run_multisimilarity(task: Task, data: TaskData, seed: int, state: dict[str, Any]) -> MethodOutput:
     pairs = task_pairs(task, data)
     if not pairs:
-        raise NotApplicable("the task supplies no pair signals (EmbeddingSet.pairs or simskip_pair_signals)")
+        raise NotApplicable("the task supplies no pair signals (EmbeddingSet.pairs or Task.pair_signals)")
     return _fit_simskip(task, data, seed, loss="multisimilarity", pairs=pairs)[1]
 
 
 def _run_pairs(task: Task, data: TaskData, seed: int, state: dict[str, Any]) -> MethodOutput:
     pairs = task_pairs(task, data)
     if not pairs:
-        raise NotApplicable("the task supplies no pair signals (EmbeddingSet.pairs or simskip_pair_signals)")
+        raise NotApplicable("the task supplies no pair signals (EmbeddingSet.pairs or Task.pair_signals)")
     return _fit_simskip(task, data, seed, loss="ntxent", pairs=pairs)[1]
 
 
 def _run_auto(task: Task, data: TaskData, seed: int, state: dict[str, Any]) -> MethodOutput:
-    probe = _default_probe(task, data)
+    probe = default_probe(task, data)
     if probe is None:
-        raise NotApplicable("no plugin supplies a default probe for this task (simskip_default_probe)")
+        raise NotApplicable("the task has no default probe (Task.default_probe)")
     kwargs = simskip_kwargs(task)
     model = SimSkip(**kwargs, seed=seed, mode="auto", probe=probe, progress=False)
     model.fit(data.train.vectors)

@@ -106,15 +106,23 @@ class BenchResult:
 
 
 def _evaluate(task: Task, data: TaskData, out: MethodOutput, seed: int) -> EvalResult:
-    from simskip_core.plugins import get_plugin_manager
+    """Score ``out`` with the task's own ``evaluate``, or, for a task that carries none, with the
+    ``simskip_evaluate`` hook (the fallback for tasks written before tasks carried their evaluator)."""
+    if task.evaluate is not None:
+        result = task.evaluate(data, out.train, out.test, seed, out.extras)
+    else:
+        from simskip_core.plugins import get_plugin_manager
 
-    result = get_plugin_manager().hook.simskip_evaluate(
-        task=task, data=data, train=out.train, test=out.test, seed=seed, extras=out.extras
-    )
-    if result is None:
-        raise RuntimeError(
-            f"no installed plugin evaluates task {task.name} (simskip_evaluate returned None)."
+        result = get_plugin_manager().hook.simskip_evaluate(
+            task=task, data=data, train=out.train, test=out.test, seed=seed, extras=out.extras
         )
+        if result is None:
+            raise RuntimeError(
+                f"task {task.name} carries no evaluate and no plugin's simskip_evaluate answers it; "
+                "give the Task an evaluate=callable(data, train, test, seed, extras) -> EvalResult."
+            )
+    if not isinstance(result, EvalResult):
+        raise TypeError(f"the evaluator of {task.name} returned {type(result).__name__}, not an EvalResult.")
     if task.primary_metric not in result.metrics:
         raise RuntimeError(
             f"the evaluator of {task.name} did not report the primary metric {task.primary_metric!r} (got {sorted(result.metrics)})."

@@ -1,8 +1,10 @@
-"""Hook implementations of the example plugin: a loss, an augmentation and a toy benchmark task."""
+"""Hook implementations of the example plugin: a loss, an augmentation and a toy benchmark task that
+carries its own evaluation."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +47,13 @@ def _load_blobs(options: LoadOptions) -> TaskData:
     return TaskData(train=data.subset(train), test=data.subset(test))
 
 
+def _evaluate_blobs(
+    data: TaskData, train: np.ndarray, test: np.ndarray, seed: int, extras: Mapping[str, Any]
+) -> EvalResult:
+    """Score the toy task with the core's shared classification metrics (probe and k-NN accuracy)."""
+    return classification_eval(train, data.train.labels, test, data.test.labels, seed=seed)
+
+
 TASK = Task(
     name="example/blobs",
     domain="example",
@@ -54,6 +63,7 @@ TASK = Task(
     primary_metric="probe_acc",
     metrics=("probe_acc", "probe_macro_f1", "knn5_acc"),
     defaults={"epochs": 2, "batch_size": 64},
+    evaluate=_evaluate_blobs,
 )
 
 
@@ -73,13 +83,3 @@ def simskip_register_augmentations(register: Callable[[type[Augmentation]], None
 def simskip_register_tasks(register: Callable[[Task], None]) -> None:
     """Register the toy task."""
     register(TASK)
-
-
-@hookimpl
-def simskip_evaluate(
-    task: Task, data: TaskData, train: np.ndarray, test: np.ndarray, seed: int
-) -> EvalResult | None:
-    """Evaluate the toy task with the core's shared classification metrics."""
-    if task.domain != "example":
-        return None
-    return classification_eval(train, data.train.labels, test, data.test.labels, seed=seed)
