@@ -18,7 +18,7 @@ from simskip_text.extract import check_texts, texts_digest
 
 from simskip_core.embeddings import EmbeddingSet
 from simskip_core.errors import MissingDataError
-from simskip_core.plugins import all_tasks, get_plugin_manager
+from simskip_core.plugins import all_tasks
 from simskip_core.tasks import LoadOptions, Task, TaskData
 
 
@@ -144,51 +144,58 @@ def _toy_classification() -> tuple[Task, TaskData]:
     return task, TaskData(train, test, {"kind": "classification"})
 
 
-def test_evaluate_hook_classification_and_similarity():
-    hook = get_plugin_manager().hook
+def test_tasks_evaluate_classification_and_similarity():
     task, data = _toy_classification()
-    result = hook.simskip_evaluate(
-        task=task, data=data, train=data.train.vectors, test=data.test.vectors, seed=0, extras={}
-    )
+    assert task.evaluate is not None
+    result = task.evaluate(data, data.train.vectors, data.test.vectors, 0, {})
     assert set(result.metrics) == set(task.metrics)
     assert result.metrics["probe_acc"] > 0.7
     # A useless representation scores at chance level: the evaluator really looks at the vectors.
     noise = np.random.default_rng(1).normal(size=data.train.vectors.shape).astype(np.float32)
-    worse = hook.simskip_evaluate(
-        task=task, data=data, train=noise, test=noise[::-1].copy(), seed=0, extras={}
-    )
+    worse = task.evaluate(data, noise, noise[::-1].copy(), 0, {})
     assert worse.metrics["probe_acc"] < result.metrics["probe_acc"]
 
     sim_task = next(t for t in text_tasks.text_tasks() if t.name == "text/simlex999")
+    assert sim_task.evaluate is not None
     vectors = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]], dtype=np.float32)  # cosines to row 0: 1, 0.71, 0
     pairs = np.array([[0, 0], [0, 1], [0, 2]])
     for gold, rho in (([9.0, 5.0, 1.0], 1.0), ([1.0, 5.0, 9.0], -1.0)):
         sim = TaskData(
             EmbeddingSet(vectors), EmbeddingSet(vectors), {"kind": "similarity", "pairs": pairs, "gold": gold}
         )
-        result = hook.simskip_evaluate(
-            task=sim_task, data=sim, train=vectors, test=vectors, seed=0, extras={}
-        )
+        result = sim_task.evaluate(sim, vectors, vectors, 0, {})
         assert result.metrics["spearman"] == pytest.approx(rho)
 
 
-def test_evaluate_and_probe_ignore_other_domains():
+def test_text_tasks_carry_their_behaviour_and_the_plugin_no_task_hooks():
+    from simskip_text import plugin
+
+    for task in text_tasks.text_tasks():
+        assert task.evaluate is not None and task.default_probe is not None, task.name
+    for name in ("simskip_evaluate", "simskip_default_probe", "simskip_pair_signals", "simskip_task_methods"):
+        assert not hasattr(plugin, name), name
     task, data = _toy_classification()
-    other = Task(**{**task.__dict__, "name": "graph/x", "domain": "graph"})
-    assert text_tasks.evaluate(other, data, data.train.vectors, data.test.vectors, 0) is None
-    assert text_tasks.default_probe(other, data) is None
+    unlabelled = TaskData(EmbeddingSet(data.train.vectors), data.test, data.context)
+    assert task.default_probe is not None and task.default_probe(unlabelled) is None
+    with pytest.raises(ValueError, match="labelled train and test"):
+        assert task.evaluate is not None
+        task.evaluate(unlabelled, data.train.vectors, data.test.vectors, 0, {})
 
 
 def test_default_probe_scores_validation_splits_of_train_items():
+    from simskip_core.selection import Probe
+
     task, data = _toy_classification()
-    probe = get_plugin_manager().hook.simskip_default_probe(task=task, data=data)
+    assert task.default_probe is not None
+    probe = task.default_probe(data)
+    assert isinstance(probe, Probe) and probe.uses_labels
     good = [probe(data.train.vectors, split) for split in range(3)]
     assert all(0.7 < s <= 1.0 for s in good)
     noise = np.random.default_rng(2).normal(size=data.train.vectors.shape).astype(np.float32)
     assert np.mean([probe(noise, split) for split in range(3)]) < np.mean(good)
     sim_task = next(t for t in text_tasks.text_tasks() if t.name == "text/simlex999")
     sim = TaskData(data.train, data.test, {"kind": "similarity", "pairs": np.zeros((0, 2)), "gold": []})
-    assert text_tasks.default_probe(sim_task, sim) is None
+    assert sim_task.default_probe is not None and sim_task.default_probe(sim) is None
 
 
 def test_extract_hook_ignores_foreign_sources():

@@ -15,7 +15,7 @@ from simskip_vision import tasks as vision_tasks
 from simskip_vision.tasks import stratified_subset
 
 from simskip_core.embeddings import EmbeddingSet
-from simskip_core.plugins import all_tasks, get_plugin_manager
+from simskip_core.plugins import all_tasks
 from simskip_core.tasks import LoadOptions, TaskData
 
 NAMES = ("vision/fashion_mnist-efficientnet_lite0", "vision/mnist5k-efficientnet_lite0")
@@ -81,25 +81,32 @@ def _blob_data(blobs) -> TaskData:
     return TaskData(train=EmbeddingSet(x[train], labels=y[train]), test=EmbeddingSet(x[test], labels=y[test]))
 
 
-def test_evaluate_hook_scores_vision_tasks_only(blobs) -> None:
+def test_tasks_evaluate_with_their_own_evaluator(blobs) -> None:
+    from simskip_vision import plugin
+
     task = all_tasks()[NAMES[1]]
     data = _blob_data(blobs)
-    hook = get_plugin_manager().hook.simskip_evaluate
-    result = hook(task=task, data=data, train=data.train.vectors, test=data.test.vectors, seed=0, extras={})
+    assert task.evaluate is vision_tasks.evaluate and not hasattr(plugin, "simskip_evaluate")
+    result = task.evaluate(data, data.train.vectors, data.test.vectors, 0, {})
     assert set(result.metrics) == set(task.metrics)
     assert result.metrics["probe_acc"] > 0.9 and result.metrics["knn5_acc"] > 0.9
     noise = np.random.default_rng(0).normal(size=data.train.vectors.shape).astype(np.float32)
-    worse = hook(task=task, data=data, train=noise, test=data.test.vectors, seed=0, extras={})
+    worse = task.evaluate(data, noise, data.test.vectors, 0, {})
     assert worse.metrics["probe_acc"] < 0.7
     assert len(result.items["probe_acc"].values) == len(data.test)
-    other = dataclasses.replace(task, name="text/other", domain="text-test-only")
-    assert vision_tasks.evaluate(other, data, data.train.vectors, data.test.vectors, 0) is None
+    unlabelled = dataclasses.replace(data, test=EmbeddingSet(data.test.vectors))
+    with pytest.raises(ValueError, match="labelled train and test"):
+        task.evaluate(unlabelled, data.train.vectors, data.test.vectors, 0, {})
 
 
 def test_default_probe_scores_training_items_on_validation_splits(blobs) -> None:
+    from simskip_core.selection import Probe
+
     task = all_tasks()[NAMES[0]]
     data = _blob_data(blobs)
-    probe = get_plugin_manager().hook.simskip_default_probe(task=task, data=data)
+    assert task.default_probe is not None
+    probe = task.default_probe(data)
+    assert isinstance(probe, Probe) and probe.uses_labels
     good = probe(data.train.vectors, 0)
     noise = np.random.default_rng(0).normal(size=data.train.vectors.shape).astype(np.float32)
     assert good > 0.9 and probe(noise, 0) < 0.7
