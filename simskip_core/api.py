@@ -1,15 +1,21 @@
-"""The scikit-learn style facade: ``SimSkip(**config).fit(X).transform(X)``, ``save`` and ``load``."""
+"""The scikit-learn estimator: ``SimSkip(**params).fit(X).transform(X)``, ``save`` and ``load``."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
+import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, TransformerMixin
 from torch import nn
 
 from simskip_core import __version__
@@ -21,11 +27,13 @@ from simskip_core.losses import ContrastiveLoss, loss_resolver
 from simskip_core.pairs import build_signals
 from simskip_core.refiner import SkipRefiner
 from simskip_core.selection import LabelProbe, Probe, select_candidate
-from simskip_core.serialization import read_model_dir, write_model_dir
+from simskip_core.serialization import CONFIG_NAME, read_model_dir, write_model_dir
 from simskip_core.train import TrainConfig, fit_refiner
-from simskip_core.validation import as_matrix, check_dim
+from simskip_core.validation import as_matrix, check_dim, check_matrix
 
 __all__ = ["DEFAULT_AUGMENT", "SimSkip"]
+
+logger = logging.getLogger(__name__)
 
 #: The paper's default views: random feature masking followed by Gaussian noise.
 DEFAULT_AUGMENT: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -35,10 +43,56 @@ DEFAULT_AUGMENT: tuple[tuple[str, dict[str, Any]], ...] = (
 MODES = ("refine", "auto")
 FORMAT = "simskip-model"
 FORMAT_VERSION = 1
+ARCHITECTURE_PARAMS = (
+    "hidden_dim",
+    "depth",
+    "activation",
+    "dropout",
+    "norm",
+    "normalize_output",
+    "projector_dim",
+    "projector_depth",
+)
+#: Parameters not written to config.json: the probe is code, the others belong to the machine or the run.
+_UNSAVED_PARAMS = ("probe", "checkpoint_dir", "resume", "device", "distributed")
+_OPTIONAL, _INT, _REAL = type(None), (Integral,), (Real,)
+#: JSON type of each saved parameter; the first group is in every saved folder, the second only in newer ones.
+_SAVED_PARAM_TYPES: dict[str, tuple[type, ...]] = {
+    "loss": (str,),
+    "loss_kwargs": (dict,),
+    "augment": (list,),
+    "hidden_dim": (*_INT, _OPTIONAL),
+    "depth": _INT,
+    "activation": (str,),
+    "dropout": _REAL,
+    "norm": (str,),
+    "normalize_output": (bool,),
+    "projector_dim": _INT,
+    "projector_depth": _INT,
+    "epochs": _INT,
+    "batch_size": _INT,
+    "lr": _REAL,
+    "weight_decay": _REAL,
+    "seed": _INT,
+    "val_fraction": _REAL,
+    "patience": (*_INT, _OPTIONAL),
+    "pair_fraction": _REAL,
+    "mutual_knn": (*_INT, _OPTIONAL),
+    "mode": (str,),
+    "alphas": (list,),
+    "candidates": (list,),
+    "n_splits": _INT,
+    "progress": (bool,),
+}
+_NEWER_PARAM_TYPES: dict[str, tuple[type, ...]] = {
+    "min_delta": _REAL,
+    "augment_fit_rows": (*_INT, _OPTIONAL),
+}
+_BOOL_PARAMS = frozenset({"normalize_output", "progress"})
 
 
-class SimSkip:
-    """Fit a SimSkip refiner f(x) = x + g(x) on frozen embeddings and apply it.
+class SimSkip(TransformerMixin, BaseEstimator):
+    """Fit a SimSkip refiner f(x) = x + g(x) on frozen embeddings and apply it; a scikit-learn transformer.
 
     By default training is label-free: two augmented views of each embedding, NT-Xent loss
     (arXiv 2404.08701). Extra positive pairs can come from mutual k-NN (``mutual_knn=k``, label-free),
@@ -50,14 +104,19 @@ class SimSkip:
     splits, and the identity is kept unless a candidate beats it beyond the validation noise. The
     report is in :attr:`selection_` and saved with the model.
 
+    Every constructor argument is stored unchanged under its own name (``get_params``, ``set_params``,
+    ``sklearn.base.clone``, ``Pipeline`` and ``cross_val_score`` work) and checked again by :meth:`fit`.
+
     Args:
         loss: loss name ("ntxent", "studentt", "spectral", "difficulty", "mscon"), class or instance.
         loss_kwargs: keyword arguments of the loss.
         augment: augmentations: names, classes, instances or (name, kwargs) pairs, applied in order.
         hidden_dim, depth, activation, dropout, norm, normalize_output, projector_dim, projector_depth:
             the refiner's architecture (see :class:`~simskip_core.refiner.SkipRefiner`).
-        epochs, batch_size, lr, weight_decay, val_fraction, patience, pair_fraction, checkpoint_dir, resume:
-            training options (see :class:`~simskip_core.train.TrainConfig`).
+        epochs, batch_size, lr, weight_decay, val_fraction, patience, min_delta, pair_fraction,
+        checkpoint_dir, resume, device, augment_fit_rows, distributed:
+            training options (see :class:`~simskip_core.train.TrainConfig`). A ``batch_size`` larger
+            than the training rows is capped to them (noted in :attr:`fit_notes_` and the history).
         seed: seeds weight initialisation and everything random in training (same seed, same weights).
         mutual_knn: k of the label-free mutual k-nearest-neighbour positives (None: off).
         mode: "refine" (always apply the trained refiner) or "auto" (the no-harm guard).
@@ -66,7 +125,24 @@ class SimSkip:
         candidates: the label-free baselines auto mode compares (identity is always included).
         n_splits: validation splits auto mode scores each candidate on.
         progress: show progress bars.
+
+    Attributes (after :meth:`fit` or :meth:`load`):
+        module_: the map :meth:`transform` applies; refiner_: the trained refiner; dim_: the input dimension;
+        history_: one record per epoch; loss_state_: the loss's learned state; selection_: auto mode's
+        report (None otherwise); signals_: names of the pair signals; fit_notes_: adjustments made to the
+        parameters for this data (e.g. a capped batch size); fit_seconds_; uses_labels.
     """
+
+    module_: nn.Module | None = None
+    refiner_: SkipRefiner | None = None
+    dim_: int | None = None
+    selection_: dict[str, Any] | None = None
+    fit_seconds_: float | None = None
+    uses_labels: bool = False
+    history_: list[dict[str, Any]]
+    loss_state_: dict[str, float]
+    signals_: list[str]
+    fit_notes_: list[str]
 
     def __init__(
         self,
@@ -89,6 +165,7 @@ class SimSkip:
         seed: int = 0,
         val_fraction: float = 0.1,
         patience: int | None = 10,
+        min_delta: float = 1e-4,
         pair_fraction: float = 0.5,
         mutual_knn: int | None = None,
         mode: str = "refine",
@@ -99,102 +176,124 @@ class SimSkip:
         checkpoint_dir: str | None = None,
         resume: bool = False,
         progress: bool = True,
+        device: str | None = None,
+        augment_fit_rows: int | None = None,
+        distributed: bool | None = None,
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
-        if any(not 0.0 < a < 1.0 for a in alphas):
-            raise ValueError(f"alphas must lie in (0, 1), got {list(alphas)}.")
-        if mutual_knn is not None and mutual_knn < 1:
-            raise ValueError(f"mutual_knn must be a positive k or None, got {mutual_knn}.")
-        for name in candidates:
-            baseline_resolver.lookup(name)
         self.loss = loss
-        self.loss_kwargs = dict(loss_kwargs or {})
+        self.loss_kwargs = loss_kwargs
         self.augment = augment
-        self.architecture: dict[str, Any] = {
-            "hidden_dim": hidden_dim,
-            "depth": depth,
-            "activation": activation,
-            "dropout": dropout,
-            "norm": norm,
-            "normalize_output": normalize_output,
-            "projector_dim": projector_dim,
-            "projector_depth": projector_depth,
-        }
-        self.train_config = TrainConfig(
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            seed=seed,
-            val_fraction=val_fraction,
-            patience=patience,
-            pair_fraction=pair_fraction,
-            progress=progress,
-            checkpoint_dir=checkpoint_dir,
-            resume=resume,
-        )
+        self.hidden_dim = hidden_dim
+        self.depth = depth
+        self.activation = activation
+        self.dropout = dropout
+        self.norm = norm
+        self.normalize_output = normalize_output
+        self.projector_dim = projector_dim
+        self.projector_depth = projector_depth
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
         self.seed = seed
+        self.val_fraction = val_fraction
+        self.patience = patience
+        self.min_delta = min_delta
+        self.pair_fraction = pair_fraction
         self.mutual_knn = mutual_knn
         self.mode = mode
         self.probe = probe
-        self.alphas = tuple(float(a) for a in alphas)
-        self.candidates = tuple(candidates)
+        self.alphas = alphas
+        self.candidates = candidates
         self.n_splits = n_splits
+        self.checkpoint_dir = checkpoint_dir
+        self.resume = resume
         self.progress = progress
-        self.module_: nn.Module | None = None
-        self.refiner_: SkipRefiner | None = None
-        self.dim_: int | None = None
-        self.history_: list[dict[str, Any]] = []
-        self.loss_state_: dict[str, float] = {}
-        self.selection_: dict[str, Any] | None = None
-        self.uses_labels = False
-        self.signals_: list[str] = []
-        self.fit_seconds_: float | None = None
+        self.device = device
+        self.augment_fit_rows = augment_fit_rows
+        self.distributed = distributed
+        self._check_params()
 
     # ------------------------------------------------------------------ configuration
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments as a JSON-serialisable dict (the probe is not saved)."""
-        loss = self.loss
-        loss_name = (
-            loss_resolver.normalize_inst(loss)
-            if isinstance(loss, ContrastiveLoss)
-            else loss_resolver.normalize_cls(loss)
-            if isinstance(loss, type)
-            else loss_resolver.normalize(loss)
-        )
-        augment = build_augmentation(self.augment).config()["augmentations"]
-        cfg = self.train_config
-        return {
-            "loss": loss_name,
-            "loss_kwargs": self.loss_kwargs,
-            "augment": augment,
-            **self.architecture,
-            "epochs": cfg.epochs,
-            "batch_size": cfg.batch_size,
-            "lr": cfg.lr,
-            "weight_decay": cfg.weight_decay,
-            "seed": self.seed,
-            "val_fraction": cfg.val_fraction,
-            "patience": cfg.patience,
-            "pair_fraction": cfg.pair_fraction,
-            "mutual_knn": self.mutual_knn,
-            "mode": self.mode,
-            "alphas": list(self.alphas),
-            "candidates": list(self.candidates),
-            "n_splits": self.n_splits,
-            "progress": self.progress,
-        }
+    def _check_params(self) -> TrainConfig:
+        """Raise ``ValueError`` for a bad parameter (nothing is modified); return the training options."""
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}.")
+        if any(not 0.0 < a < 1.0 for a in self.alphas):
+            raise ValueError(f"alphas must lie in (0, 1), got {list(self.alphas)}.")
+        if self.mutual_knn is not None and not _is_positive_int(self.mutual_knn):
+            raise ValueError(f"mutual_knn must be a positive k or None, got {self.mutual_knn!r}.")
+        if self.hidden_dim is not None and not _is_positive_int(self.hidden_dim):
+            raise ValueError(
+                f"hidden_dim must be a positive int or None (None: the embedding dimension), got {self.hidden_dim!r}."
+            )
+        if not _is_positive_int(self.n_splits):
+            raise ValueError(f"n_splits must be a positive int, got {self.n_splits!r}.")
+        for name in self.candidates:
+            baseline_resolver.lookup(name)
+        return self.train_config
 
-    def __repr__(self) -> str:
-        params = self.get_params()
-        shown = ", ".join(f"{k}={params[k]!r}" for k in ("loss", "mode", "epochs", "seed"))
-        return f"SimSkip({shown}, ...)"
+    @property
+    def train_config(self) -> TrainConfig:
+        """The training options as a :class:`~simskip_core.train.TrainConfig` (built from the parameters).
+
+        Assigning one (``model.train_config = dataclasses.replace(model.train_config, device="cuda")``)
+        writes its fields back to the parameters of the same names.
+        """
+        params = self.get_params(deep=False)
+        return TrainConfig(
+            **{f.name: params[f.name] for f in dataclasses.fields(TrainConfig) if f.name in params}
+        )
+
+    @train_config.setter
+    def train_config(self, config: TrainConfig) -> None:
+        params, default = self.get_params(deep=False), TrainConfig()
+        updates = {}
+        for field in dataclasses.fields(TrainConfig):
+            value = getattr(config, field.name)
+            if field.name in params:
+                updates[field.name] = value
+            elif value != getattr(default, field.name):
+                raise ValueError(
+                    f"SimSkip has no parameter for TrainConfig.{field.name}; it cannot be set through train_config."
+                )
+        self.set_params(**updates)
+
+    @property
+    def architecture(self) -> dict[str, Any]:
+        """The refiner's architecture parameters (``SkipRefiner(dim, **architecture)``)."""
+        return {name: getattr(self, name) for name in ARCHITECTURE_PARAMS}
+
+    def config_dict(self) -> dict[str, Any]:
+        """The parameters as a JSON-serialisable dict, as saved in config.json's ``"params"``.
+
+        The loss and augmentations are written by name; the probe, checkpoint settings, device and
+        distributed flag are not saved.
+        """
+        params = self.get_params(deep=False)
+        for name in _UNSAVED_PARAMS:
+            del params[name]
+        params["loss"] = _loss_name(self.loss)
+        params["loss_kwargs"] = dict(self.loss_kwargs or {})
+        params["augment"] = build_augmentation(self.augment).config()["augmentations"]
+        params["alphas"] = [float(a) for a in self.alphas]
+        params["candidates"] = list(self.candidates)
+        return params
+
+    def __repr__(self, N_CHAR_MAX: int = 700) -> str:
+        """Short: the loss, mode, epochs and seed."""
+        loss = self.loss if isinstance(self.loss, str) else _loss_label(self.loss)
+        return f"SimSkip(loss={loss!r}, mode={self.mode!r}, epochs={self.epochs!r}, seed={self.seed!r}, ...)"
+
+    def __sklearn_is_fitted__(self) -> bool:
+        """Fitted once :meth:`fit` or :meth:`load` has set the map."""
+        return self.module_ is not None
 
     # ------------------------------------------------------------------ fitting
     def fit(
         self,
         X: Any,
+        y: Any = None,
         *,
         pairs: Mapping[str, np.ndarray] | None = None,
         labels: np.ndarray | None = None,
@@ -203,21 +302,28 @@ class SimSkip:
     ) -> SimSkip:
         """Train the refiner on embeddings ``X`` (n, d): numpy array, np.memmap or torch tensor.
 
+        A memmap is not read into memory: the trainer reads it batch by batch (set
+        ``augment_fit_rows`` to fit the augmentations' statistics on a sample too).
+
         Args:
-            pairs: external positive pairs by name, each (m, 2) row indices into ``X``.
+            y: ignored (scikit-learn's convention for a label-free transformer); pass ``labels=`` for
+                few-label mode.
+            pairs: external positive pairs by name, each (m, 2) integer row indices into ``X``.
             labels: (n,) class labels with -1 for unlabelled rows (few-label mode, label-using).
             probe: auto mode's probe (overrides the constructor's).
             val_score: early-stopping criterion ``val_score(refiner) -> float`` (higher is better);
                 default: the contrastive loss on held-out rows.
         """
         tic = time.perf_counter()
+        config = self._check_params()
         if self.mode == "auto" and probe is None and self.probe is None and labels is None:
             raise ValueError(
                 "auto mode needs a probe to compare candidates: pass probe=callable(Z, split_seed) -> score, "
                 "or labels= for the default k-NN probe (or use the domain plugin's default probe)."
             )
-        x = as_matrix(X)
+        x = _training_rows(X)
         n, d = x.shape
+        config, notes = _fit_batch_size(config, n)
         signals = build_signals(n, x=x, mutual_knn=self.mutual_knn, pairs=pairs, labels=labels)
         loss_fn = loss_resolver.make(self.loss, self.loss_kwargs or None)
         if getattr(loss_fn, "requires_signals", False) and not signals:
@@ -227,15 +333,14 @@ class SimSkip:
             )
         torch.manual_seed(self.seed)
         refiner = SkipRefiner(d, **self.architecture)
-        self.history_ = fit_refiner(
-            x,
-            refiner,
-            loss_fn,
-            build_augmentation(self.augment),
-            signals,
-            self.train_config,
-            val_score=val_score,
-        )
+        with _read_only_shared(x):
+            history = fit_refiner(
+                x, refiner, loss_fn, build_augmentation(self.augment), signals, config, val_score=val_score
+            )
+        for record in history:
+            record.setdefault("batch_size", config.batch_size)
+        self.history_ = history
+        self.fit_notes_ = notes
         self.loss_state_ = loss_fn.summary()
         self.refiner_ = refiner
         self.dim_ = d
@@ -244,7 +349,8 @@ class SimSkip:
         self.module_ = refiner
         self.selection_ = None
         if self.mode == "auto":
-            self._select(x, probe or self.probe, labels)
+            with _read_only_shared(x):
+                self._select(x, probe or self.probe, labels)
         self.fit_seconds_ = time.perf_counter() - tic
         return self
 
@@ -268,9 +374,9 @@ class SimSkip:
         self.selection_ = report
         self.module_ = modules[report["chosen"]]
 
-    def fit_transform(self, X: Any, **fit_kwargs: Any) -> np.ndarray:
-        """``fit(X, **fit_kwargs).transform(X)``."""
-        return self.fit(X, **fit_kwargs).transform(X)
+    def fit_transform(self, X: Any, y: Any = None, **fit_kwargs: Any) -> np.ndarray:
+        """``fit(X, y, **fit_kwargs).transform(X)``."""
+        return self.fit(X, y, **fit_kwargs).transform(X)
 
     # ------------------------------------------------------------------ applying
     def _check_fitted(self) -> nn.Module:
@@ -281,10 +387,14 @@ class SimSkip:
         return self.module_
 
     def transform(self, X: Any) -> np.ndarray:
-        """Apply the fitted map to embeddings (m, d); returns float32 (m, d')."""
+        """Apply the fitted map to embeddings (m, d); returns a new float32 (m, d') array.
+
+        ``X`` is read block by block (a memmap is never copied whole); a row that is not finite as
+        float32, in the input or the output, raises ``ValueError`` naming the row.
+        """
         module = self._check_fitted()
         assert self.dim_ is not None
-        x = as_matrix(X)
+        x = check_matrix(X, finite=False)  # apply_module checks each block after the float32 cast
         check_dim(x, self.dim_, what="the fitted SimSkip model")
         return apply_module(module, x)
 
@@ -306,7 +416,11 @@ class SimSkip:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the model to folder ``path`` (config.json + model.safetensors), atomically."""
+        """Write the model to folder ``path`` (config.json + model.safetensors), atomically.
+
+        ``overwrite=True`` replaces only an empty folder or a folder holding a saved simskip model;
+        any other existing path is refused (see :func:`~simskip_core.serialization.atomic_folder`).
+        """
         module = self._check_fitted()
         assert self.refiner_ is not None
         kind, module_config = _describe_module(module)
@@ -315,10 +429,11 @@ class SimSkip:
             "format_version": FORMAT_VERSION,
             "simskip_version": __version__,
             "dim": self.dim_,
-            "params": self.get_params(),
+            "params": self.config_dict(),
             "module": {"kind": kind, "config": module_config},
             "refiner": self.refiner_.config(),
             "history": self.history_,
+            "fit_notes": list(getattr(self, "fit_notes_", [])),
             "loss_state": self.loss_state_,
             "selection": self.selection_,
             "uses_labels": self.uses_labels,
@@ -331,41 +446,217 @@ class SimSkip:
 
     @classmethod
     def load(cls, path: str | Path) -> SimSkip:
-        """Load a model saved with :meth:`save`; incomplete or corrupt folders raise :class:`CorruptModelError`."""
+        """Load a model saved with :meth:`save` (also by an earlier simskip).
+
+        Incomplete, corrupt or inconsistent folders raise :class:`CorruptModelError` naming the file or
+        the ``config.json`` key; an unreadable file raises ``PermissionError``.
+        """
         config, tensors = read_model_dir(path)
-        if config.get("format") != FORMAT:
-            raise CorruptModelError(
-                f"{path} does not hold a simskip model (config.json has format {config.get('format')!r})."
-            )
-        if config.get("format_version", 0) > FORMAT_VERSION:
-            raise CorruptModelError(
-                f"{path} was saved by a newer simskip (format {config['format_version']}); upgrade simskip to load it."
-            )
-        try:
-            params = dict(config["params"])
-            params["augment"] = [tuple(item) for item in params["augment"]]
-            model = cls(**params)
-            refiner = SkipRefiner(**config["refiner"])
-            refiner.load_state_dict(
-                {k[len("refiner.") :]: v for k, v in tensors.items() if k.startswith("refiner.")}
-            )
-            refiner.eval()
-            kind = config["module"]["kind"]
-            module_tensors = {k[len("module.") :]: v for k, v in tensors.items() if k.startswith("module.")}
-            module = _build_module(kind, config["module"]["config"], module_tensors, refiner)
-        except (KeyError, TypeError, RuntimeError, ValueError) as error:
-            raise CorruptModelError(
-                f"{path} holds an inconsistent simskip model ({error}); save it again."
-            ) from error
+        where = Path(path).expanduser() / CONFIG_NAME
+        _check_format(config, where)
+        dim = _get(config, "dim", _INT, where)
+        if not _is_positive_int(dim):
+            raise CorruptModelError(f"{where}: key 'dim' must be a positive integer, got {dim!r}.")
+        model = _model_from_params(cls, _get(config, "params", (dict,), where), where)
+        refiner = _restore_refiner(_get(config, "refiner", (dict,), where), tensors, int(dim), where)
+        module = _restore_module(_get(config, "module", (dict,), where), tensors, refiner, int(dim), where)
         model.refiner_ = refiner
         model.module_ = module
-        model.dim_ = int(config["dim"])
-        model.history_ = config.get("history", [])
-        model.loss_state_ = dict(config.get("loss_state", {}))
-        model.selection_ = config.get("selection")
-        model.uses_labels = bool(config.get("uses_labels", False))
-        model.signals_ = list(config.get("signals", []))
+        model.dim_ = int(dim)
+        model.history_ = _get(config, "history", (list,), where, [])
+        model.fit_notes_ = _get(config, "fit_notes", (list,), where, [])
+        model.loss_state_ = dict(_get(config, "loss_state", (dict,), where, {}))
+        model.selection_ = _get(config, "selection", (dict, _OPTIONAL), where, None)
+        model.uses_labels = _get(config, "uses_labels", (bool,), where, False)
+        model.signals_ = list(_get(config, "signals", (list,), where, []))
         return model
+
+
+# ---------------------------------------------------------------------------------------------- fit helpers
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool) and int(value) >= 1
+
+
+def _training_rows(X: Any) -> np.ndarray:
+    """The checked input as the trainer should see it: memmaps stay lazy, other arrays float32 in memory."""
+    x = check_matrix(X)
+    if isinstance(x, np.memmap) or x.dtype == np.float32:
+        return x
+    return x.astype(np.float32)
+
+
+def _fit_batch_size(config: TrainConfig, n: int) -> tuple[TrainConfig, list[str]]:
+    """Cap the batch size to the training rows (the trainer's split: round(n * val_fraction), 0 if < 2)."""
+    n_val = round(n * config.val_fraction) if config.val_fraction else 0
+    if n_val < 2:
+        n_val = 0
+    n_train = n - n_val
+    if n_train < 2:
+        held = f" ({n_val} held out for validation)" if n_val else ""
+        raise ValueError(
+            f"X has {n} row(s){held}, but training needs at least 2 training rows (negatives come from the "
+            "batch); pass more rows" + (" or a smaller val_fraction." if n_val else ".")
+        )
+    if config.batch_size <= n_train:
+        return config, []
+    note = (
+        f"batch_size capped from {config.batch_size} to {n_train}, the training rows "
+        f"({n} rows, {n_val} held out for validation)"
+    )
+    logger.warning("SimSkip.fit: %s", note)
+    return dataclasses.replace(config, batch_size=n_train), [note]
+
+
+@contextlib.contextmanager
+def _read_only_shared(x: np.ndarray) -> Iterator[None]:
+    """Let torch share a read-only array (an Arrow batch) without its "not writable" warning.
+
+    simskip only reads its input; torch warns because it cannot mark the shared tensor read-only.
+    """
+    if x.flags.writeable:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="The given NumPy array is not writable", category=UserWarning
+        )
+        yield
+
+
+def _loss_name(loss: Any) -> str:
+    if isinstance(loss, ContrastiveLoss):
+        return str(loss_resolver.normalize_inst(loss))
+    if isinstance(loss, type):
+        return str(loss_resolver.normalize_cls(loss))
+    return str(loss_resolver.normalize(loss))
+
+
+def _loss_label(loss: Any) -> str:
+    return loss.__name__ if isinstance(loss, type) else type(loss).__name__
+
+
+# ---------------------------------------------------------------------------------------------- load helpers
+_MISSING = object()
+
+
+def _get(
+    config: dict[str, Any], key: str, types: tuple[type, ...], where: Path, default: Any = _MISSING
+) -> Any:
+    """``config[key]`` checked against ``types``; a missing (without default) or ill-typed value is corrupt."""
+    if key not in config:
+        if default is _MISSING:
+            raise CorruptModelError(
+                f"{where}: key {key!r} is missing; the saved model is corrupt. Save it again."
+            )
+        return default
+    value = config[key]
+    if not _has_type(value, types, boolean=bool in types):
+        raise CorruptModelError(
+            f"{where}: key {key!r} has the wrong type ({type(value).__name__}: {value!r:.60}); "
+            "the saved model is corrupt. Save it again."
+        )
+    return value
+
+
+def _has_type(value: Any, types: tuple[type, ...], *, boolean: bool) -> bool:
+    if isinstance(value, bool) and not boolean:
+        return False
+    return isinstance(value, types)
+
+
+def _check_format(config: dict[str, Any], where: Path) -> None:
+    fmt = config.get("format")
+    if fmt != FORMAT:
+        raise CorruptModelError(
+            f"{where.parent} does not hold a simskip model (config.json has format {fmt!r}, expected {FORMAT!r})."
+        )
+    version = _get(config, "format_version", _INT, where)
+    if version < 1:
+        raise CorruptModelError(f"{where}: key 'format_version' must be >= 1, got {version!r}.")
+    if version > FORMAT_VERSION:
+        raise CorruptModelError(
+            f"{where.parent} was saved by a newer simskip (format_version {version}); upgrade simskip to load it."
+        )
+
+
+def _model_from_params(cls: type[SimSkip], params: dict[str, Any], where: Path) -> SimSkip:
+    """Rebuild the estimator from config.json's ``"params"`` (every key type-checked)."""
+    unknown = sorted(set(params) - set(_SAVED_PARAM_TYPES) - set(_NEWER_PARAM_TYPES))
+    if unknown:
+        raise CorruptModelError(
+            f"{where}: key 'params' holds unknown parameter(s) {unknown}; save the model again."
+        )
+    checked: dict[str, Any] = {}
+    for table, required in ((_SAVED_PARAM_TYPES, True), (_NEWER_PARAM_TYPES, False)):
+        for name, types in table.items():
+            if name not in params:
+                if required:
+                    raise CorruptModelError(f"{where}: key 'params.{name}' is missing; save the model again.")
+                continue
+            if not _has_type(params[name], types, boolean=name in _BOOL_PARAMS):
+                raise CorruptModelError(
+                    f"{where}: key 'params.{name}' has the wrong type ({type(params[name]).__name__}: "
+                    f"{params[name]!r:.60}); save the model again."
+                )
+            checked[name] = params[name]
+    checked["augment"] = tuple(_augment_item(item, where) for item in checked["augment"])
+    checked["alphas"] = tuple(checked["alphas"])
+    checked["candidates"] = tuple(checked["candidates"])
+    try:
+        return cls(**checked)
+    except (TypeError, ValueError, KeyError) as error:
+        raise CorruptModelError(
+            f"{where}: key 'params' is invalid ({error}); save the model again."
+        ) from error
+
+
+def _augment_item(item: Any, where: Path) -> tuple[str, dict[str, Any]]:
+    if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], dict):
+        return item[0], item[1]
+    raise CorruptModelError(
+        f"{where}: key 'params.augment' must list [name, kwargs] pairs, got {item!r:.60}; save the model again."
+    )
+
+
+def _restore_refiner(
+    refiner_config: dict[str, Any], tensors: dict[str, torch.Tensor], dim: int, where: Path
+) -> SkipRefiner:
+    if refiner_config.get("dim") != dim:
+        raise CorruptModelError(
+            f"{where}: key 'dim' is {dim} but key 'refiner' describes a {refiner_config.get('dim')!r}-d refiner; "
+            "the saved model is inconsistent. Save it again."
+        )
+    try:
+        refiner = SkipRefiner(**refiner_config)
+        refiner.load_state_dict(
+            {k[len("refiner.") :]: v for k, v in tensors.items() if k.startswith("refiner.")}
+        )
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise CorruptModelError(
+            f"{where}: key 'refiner' is inconsistent with the weights in model.safetensors ({error}); save it again."
+        ) from error
+    return refiner.eval()
+
+
+def _restore_module(
+    module_config: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    refiner: SkipRefiner,
+    dim: int,
+    where: Path,
+) -> nn.Module:
+    kind = _get(module_config, "kind", (str,), where)
+    config = _get(module_config, "config", (dict,), where)
+    module_tensors = {k[len("module.") :]: v for k, v in tensors.items() if k.startswith("module.")}
+    try:
+        module = _build_module(kind, config, module_tensors, refiner)
+        with torch.inference_mode():
+            module.eval()(torch.zeros(2, dim))
+    except (KeyError, TypeError, RuntimeError, ValueError) as error:
+        raise CorruptModelError(
+            f"{where}: key 'module' is inconsistent with the weights in model.safetensors ({error}); save it again."
+        ) from error
+    return module
 
 
 def _describe_module(module: nn.Module) -> tuple[str, dict[str, Any]]:

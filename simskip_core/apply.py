@@ -50,8 +50,12 @@ def forward_block(
 
 
 def _rows_as_float32(x: Any, start: int, stop: int) -> np.ndarray:
-    """Rows ``start:stop`` of ``x`` as a new C-ordered float32 array (the source is never modified)."""
-    return np.array(x[start:stop], dtype=np.float32, order="C", copy=True)
+    """Rows ``start:stop`` of ``x`` as a new C-ordered float32 array (the source is never modified).
+
+    Values beyond float32's range become Inf without a warning; :func:`apply_module` then names the row.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.array(x[start:stop], dtype=np.float32, order="C", copy=True)
 
 
 def apply_module(

@@ -42,9 +42,7 @@ class GraphSignal(PairSignal):
     """Positives given as index pairs (edges), stored as a symmetric sparse adjacency without self-loops."""
 
     def __init__(self, name: str, pairs: np.ndarray, n: int, *, uses_labels: bool = False) -> None:
-        pairs = np.asarray(pairs, dtype=np.int64)
-        if pairs.ndim != 2 or pairs.shape[1] != 2:
-            raise ValueError(f"pairs for signal {name!r} must have shape (m, 2), got {pairs.shape}.")
+        pairs = _as_index_pairs(name, pairs)
         if pairs.size and (pairs.min() < 0 or pairs.max() >= n):
             raise ValueError(
                 f"pairs for signal {name!r} index rows outside [0, {n}) (min {pairs.min()}, max {pairs.max()}); "
@@ -83,6 +81,28 @@ class GraphSignal(PairSignal):
             else start
         )
         return torch.where(degree > 0, partner, torch.full_like(index, -1))
+
+
+def _as_index_pairs(name: str, pairs: np.ndarray) -> np.ndarray:
+    """``pairs`` as an (m, 2) int64 array; floats are accepted only when every value is a whole number."""
+    arr = np.asarray(pairs)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError(f"pairs for signal {name!r} must have shape (m, 2), got {arr.shape}.")
+    if np.issubdtype(arr.dtype, np.integer):
+        return arr.astype(np.int64, copy=False)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise TypeError(
+            f"pairs for signal {name!r} must be integer row indices, got dtype {arr.dtype}; "
+            "pass an (m, 2) integer array."
+        )
+    fractional = ~np.isfinite(arr) | (arr != np.round(arr))
+    if fractional.any():
+        row = int(np.flatnonzero(fractional.any(axis=1))[0])
+        raise TypeError(
+            f"pairs for signal {name!r} must be integer row indices, but row {row} is {arr[row].tolist()}; "
+            "indices are never rounded: pass an (m, 2) integer array."
+        )
+    return arr.astype(np.int64)
 
 
 class LabelSignal(PairSignal):
@@ -136,7 +156,8 @@ def mutual_knn_pairs(x: np.ndarray, k: int, *, chunk: int = 4096) -> np.ndarray:
     if n < 2:
         raise ValueError("mutual k-NN needs at least two items.")
     k = min(k, n - 1)
-    unit = torch.nn.functional.normalize(torch.as_tensor(x, dtype=torch.float32), dim=1)
+    # a new float32 tensor: read-only or memory-mapped input is copied, never shared with torch
+    unit = torch.nn.functional.normalize(torch.tensor(np.asarray(x), dtype=torch.float32), dim=1)
     neighbours = torch.empty((n, k), dtype=torch.long)
     for start in range(0, n, chunk):
         sims = unit[start : start + chunk] @ unit.T  # (chunk, n)
@@ -159,6 +180,11 @@ def build_signals(
     labels: np.ndarray | None = None,
 ) -> list[PairSignal]:
     """All positive-pair signals for a fit: mutual k-NN (label-free), external pairs, and labels."""
+    if pairs is not None and not isinstance(pairs, Mapping):
+        raise TypeError(
+            f"pairs must be a dict mapping a signal name to an (m, 2) integer array of row indices, "
+            f"e.g. pairs={{'edges': E}}; got {type(pairs).__name__}."
+        )
     signals: list[PairSignal] = []
     if mutual_knn:
         signals.append(GraphSignal("mutual_knn", mutual_knn_pairs(x, mutual_knn), n))

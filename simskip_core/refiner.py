@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -53,6 +54,10 @@ def build_mlp(
     return nn.Sequential(*layers)
 
 
+def _positive_int(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool) and int(value) >= 1
+
+
 class SkipRefiner(nn.Module):
     """f(x) = x + g(x): a residual MLP refiner whose last layer starts at zero, so f starts as the identity.
 
@@ -89,8 +94,12 @@ class SkipRefiner(nn.Module):
             raise ValueError(f"dim must be >= 1, got {dim}.")
         if projector_dim < 1:
             raise ValueError(f"projector_dim must be >= 1, got {projector_dim}.")
+        if hidden_dim is not None and not _positive_int(hidden_dim):
+            raise ValueError(
+                f"hidden_dim must be a positive int or None (None: the embedding dimension), got {hidden_dim!r}."
+            )
         self.dim = dim
-        self.hidden_dim = hidden_dim or dim
+        self.hidden_dim = dim if hidden_dim is None else int(hidden_dim)
         self.depth = depth
         self.activation = activation
         self.dropout = dropout
