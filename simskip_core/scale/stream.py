@@ -12,6 +12,10 @@ Resumable and crash-safe:
   lists the chunks each rank has finished, each recorded only after its bytes are written (and, with
   ``sync=True``, on disk);
 * an interrupted run called again with the same arguments redoes only unfinished chunks;
+* every chunk is checked after the cast to float32: a NaN or Inf row (in the input or the output) stops
+  the run with a ``ValueError`` naming its global row, and the output is never declared complete;
+* an existing ``OUT`` is replaced (``overwrite=True``) only by that final rename, and an ``OUT`` that is
+  an input file (also through a link) is refused;
 * when every chunk is written, the manifest is rewritten with ``"complete": true`` and only then
   ``OUT.partial`` is renamed to ``OUT``: an ``OUT`` that exists is always whole.
 
@@ -197,7 +201,10 @@ class NpySource:
                 view[pos : pos + nbytes],
             )
             pos += nbytes
-        return out if self.dtype == np.float32 else out.astype(np.float32)
+        if self.dtype == np.float32:
+            return out
+        with np.errstate(over="ignore"):  # values beyond float32's range become Inf, which apply_module names
+            return out.astype(np.float32)
 
     def _file(self, path: Path) -> Any:
         handle = self._files.get(path)
@@ -287,11 +294,41 @@ class _Files:
     def all_progress(self) -> list[Path]:
         return sorted(self.out.parent.glob(f"{self.out.name}.manifest.r*.json"))
 
-    def clean(self, *, output: bool) -> None:
+    def ours(self) -> list[Path]:
+        """Every path this output's run writes: the output, its partial file and manifests."""
+        return [self.out, self.partial, self.manifest, *self.all_progress()]
+
+    def clean(self) -> None:
+        """Remove the partial output and manifests of an earlier run; the output itself is only ever replaced
+        by the final rename of a finished partial file."""
         for path in [self.partial, self.manifest, *self.all_progress()]:
             path.unlink(missing_ok=True)
-        if output:
-            self.out.unlink(missing_ok=True)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` name the same file, through symlinks and hard links."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def _refuse_overlap(files: _Files, source: NpySource, folder: Path | None) -> None:
+    """Refuse an output whose files would replace or delete an input shard, or land among the shards."""
+    for shard in source.shards:
+        for path in files.ours():
+            if _same_file(path, shard.path):
+                raise ValueError(
+                    f"the output {files.out} would overwrite the input {shard.path} ({path.name} is the same file); "
+                    "write the output to another path."
+                )
+    if folder is not None and os.path.realpath(files.out.parent) == os.path.realpath(folder):
+        raise ValueError(
+            f"the output {files.out} is inside the input folder {folder}, where it would be read as a shard by "
+            "the next run; write the output to another folder."
+        )
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -327,7 +364,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(
-            f"{path} is not a valid simskip stream manifest ({error}); delete it or pass resume=False."
+            f"{path} is not a valid simskip stream manifest ({error}); delete it or pass resume=False "
+            "(--no-resume on the command line)."
         ) from error
     return data if isinstance(data, dict) else None
 
@@ -339,6 +377,17 @@ def _done_chunks(files: _Files, key: str) -> set[int]:
         if data is not None and data.get("key") == key:
             done.update(int(i) for i in data.get("done", []))
     return done
+
+
+def _discard_finished_manifest(files: _Files, key: str) -> None:
+    """Remove the manifest of an earlier run that finished (its output already moved into place).
+
+    It describes that output, not work to resume; a run with other settings starts its own manifest.
+    """
+    existing = _read_json(files.manifest)
+    finished = existing is not None and existing.get("complete") and not files.partial.exists()
+    if finished and existing is not None and existing.get("key") != key:
+        files.manifest.unlink(missing_ok=True)
 
 
 def _chunk_ranges(n: int, chunk_rows: int) -> list[tuple[int, int]]:
@@ -412,7 +461,10 @@ def stream_apply(
         out_path: the output ``.npy``; it only appears when complete.
         chunk_rows: rows per chunk (the unit of work, memory and resumption).
         resume: continue an interrupted run with the same input, model and chunk size (False: start afresh).
-        overwrite: replace ``out_path`` if it already exists.
+        overwrite: replace ``out_path`` if it already exists; the old file is only ever replaced by the
+            final rename of the finished output, so an interrupted run leaves it as it was. An output that
+            is (through symlinks or hard links) an input shard, or that would land in the input folder, is
+            refused whatever ``overwrite`` says.
         rank, world_size: this process's share of a sharded apply; default: the initialised
             torch.distributed process group, else 0 of 1. Ranks write disjoint row ranges of one output;
             without a process group they may run as independent jobs (any order, any time), and the last
@@ -439,19 +491,20 @@ def stream_apply(
     files = _Files(Path(out_path).expanduser())
     if files.out.suffix != ".npy":
         raise ValueError(f"out_path must end in .npy, got {files.out}; the output is a standard .npy array.")
-    files.out.parent.mkdir(parents=True, exist_ok=True)
     if world_size > 1 and not coordinated and (overwrite or not resume):
         raise ValueError(
             "overwrite=True or resume=False with several ranks needs a torch.distributed process group (torchrun) "
             "to coordinate the clean-up; delete the output and its .partial/.manifest files first, then run with "
-            "resume=True."
+            "resume=True (without --no-resume and --overwrite)."
         )
-    if rank == 0 and (overwrite or not resume):
-        files.clean(output=overwrite)
-    _barrier(coordinated)
-
     source_reader = NpySource(source)
     try:
+        folder = Path(source).expanduser() if isinstance(source, (str, Path)) else None
+        _refuse_overlap(files, source_reader, folder if folder is not None and folder.is_dir() else None)
+        files.out.parent.mkdir(parents=True, exist_ok=True)
+        if rank == 0 and not resume:
+            files.clean()
+        _barrier(coordinated)
         n, d = source_reader.shape
         if dim is not None and d != dim:
             raise ValueError(
@@ -491,6 +544,7 @@ def stream_apply(
                 bf16,
                 sync,
                 progress,
+                overwrite,
             )
         finally:
             module.train(was_training)
@@ -524,24 +578,30 @@ def _run(
     bf16: bool,
     sync: bool,
     progress: bool,
+    overwrite: bool,
 ) -> StreamResult:
     n, d_out = manifest["shape"]
     key = manifest["key"]
     shape = (int(n), int(d_out))
 
+    if rank == 0 and (coordinated or world_size == 1):
+        _discard_finished_manifest(files, key)
+    _barrier(coordinated)
     existing = _read_json(files.manifest)
     if files.out.exists():
         if existing is not None and existing.get("key") == key and existing.get("complete"):
             return StreamResult(
                 files.out, shape, True, chunks_skipped=len(_rank_chunks(len(chunks), rank, world_size))
             )
-        raise FileExistsError(
-            f"{files.out} exists; pass overwrite=True to replace it or choose another output path."
-        )
+        if not overwrite:
+            raise FileExistsError(
+                f"{files.out} exists; pass overwrite=True (--overwrite) to replace it or choose another output path."
+            )
     if existing is not None and existing.get("key") != key:
         raise ValueError(
             f"{files.partial} belongs to a run with another input, model, chunk size or precision "
-            f"(see {files.manifest}); pass resume=False to start afresh or use another output path."
+            f"(see {files.manifest}); pass resume=False (--no-resume on the command line) to start afresh or "
+            "use another output path."
         )
     if existing is None:
         _create_exclusive(files.manifest, lambda tmp: tmp.write_text(json.dumps(manifest), encoding="utf-8"))
@@ -571,7 +631,8 @@ def _run(
     header = np.load(files.partial, mmap_mode="r")
     if header.shape != shape or header.dtype != np.float32:
         raise ValueError(
-            f"{files.partial} has shape {header.shape} ({header.dtype}), expected {shape}; pass resume=False."
+            f"{files.partial} has shape {header.shape} ({header.dtype}), expected {shape}; pass resume=False "
+            "(--no-resume on the command line)."
         )
     offset = int(header.offset)
     del header
