@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 
 from simskip_core.bench.stats import (
+    KSHOT_METRIC,
     MethodRecord,
     PairedBootstrap,
     holm,
     mean_std,
     overall_summary,
     summarize_task,
+    verdict_interval,
 )
 from simskip_core.tasks import ItemScores
 
@@ -42,7 +44,7 @@ def test_identical_methods_have_zero_difference_and_p_one(base: np.ndarray) -> N
 
 def test_clearly_better_method_is_significant(base: np.ndarray) -> None:
     identity = _record("identity", {None: base}, family="baseline")
-    runs = {}
+    runs: dict[int | None, np.ndarray] = {}
     for seed in range(3):
         better = base.copy()
         better[np.flatnonzero(better == 0)[: 40 + seed]] = 1.0  # +10% accuracy, on the same items
@@ -56,7 +58,7 @@ def test_clearly_better_method_is_significant(base: np.ndarray) -> None:
 def test_difference_within_noise_is_a_tie(base: np.ndarray) -> None:
     rng = np.random.default_rng(1)
     identity = _record("identity", {None: base}, family="baseline")
-    runs = {}
+    runs: dict[int | None, np.ndarray] = {}
     for seed in range(3):
         noisy = base.copy()
         flip = rng.choice(400, size=6, replace=False)
@@ -119,3 +121,33 @@ def test_holm_and_mean_std() -> None:
     assert mean_std([0.5]) == (0.5, 0.0)
     mean, std = mean_std([])
     assert np.isnan(mean) and np.isnan(std)
+
+
+def test_verdict_interval_is_the_compared_interval_on_the_metric_scale(base: np.ndarray) -> None:
+    """Primary metric: identity's mean + the vs_identity interval; k-shot metric: against the k-shot probe."""
+    identity = _record("identity", {None: base}, family="baseline")
+    better = base.copy()
+    better[np.flatnonzero(better == 0)[:60]] = 1.0
+    refiner = _record("simskip-ntxent", {0: better, 1: better})
+    probe = MethodRecord("fewlabel-probe", "probe", True)
+    few = MethodRecord("fewlabel-simskip", "simskip", True)
+    for record, values in ((probe, base), (few, better)):
+        scores = {"acc": ItemScores("mean", base), KSHOT_METRIC: ItemScores("mean", values)}
+        record.items[0] = scores
+        record.metrics[0] = {k: v.statistic() for k, v in scores.items()}
+    summary = summarize_task(
+        "t", "acc", [identity, refiner, probe, few], bootstrap=PairedBootstrap(n_boot=300)
+    )
+    c = summary["rows"]["simskip-ntxent"]["comparisons"]["vs_identity"]
+    interval = verdict_interval(summary, "simskip-ntxent", "acc")
+    assert interval is not None and interval.reference == "identity" and interval.outcome == "win"
+    assert interval.reference_mean == pytest.approx(base.mean())
+    assert (interval.low, interval.high) == (base.mean() + c["ci_low"], base.mean() + c["ci_high"])
+    kshot = verdict_interval(summary, "fewlabel-simskip", KSHOT_METRIC)
+    c = summary["rows"]["fewlabel-simskip"]["comparisons"]["vs_fewlabel_probe"]
+    assert kshot is not None and kshot.reference == "fewlabel-probe"
+    assert (kshot.low, kshot.high) == (base.mean() + c["ci_low"], base.mean() + c["ci_high"])
+    assert verdict_interval(summary, "identity", "acc") is None  # the reference itself
+    assert verdict_interval(summary, "fewlabel-probe", KSHOT_METRIC) is None
+    assert verdict_interval(summary, "simskip-ntxent", "other") is None  # not a tested metric
+    assert verdict_interval(summary, "missing", "acc") is None

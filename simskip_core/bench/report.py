@@ -8,14 +8,17 @@ every cell, including those finished before the interruption:
 * ``results.csv``: one row per (task, method, metric) with mean, std and the comparisons;
 * ``cells.csv``: one row per (task, method, seed, metric);
 * ``results.md``: label-free and label-using sections, verdicts, skipped tasks;
-* ``plots/bars-<task>.png``: metric bars with error bars (std over seeds) per task;
-* ``plots/projection-<domain>.png``: 2-D PCA of test embeddings before and after SimSkip, one task per domain.
+* ``plots/bars-<task>.png``: metric bars from 0 per task, coloured by method family, with the verdicts'
+  bootstrap intervals and win / tie / loss marks (:func:`bar_figure`);
+* ``plots/projection-<domain>.png``: 2-D PCA of test embeddings before and after SimSkip, coloured by
+  class, one task per domain, none without class labels or with few points (:func:`projection_figure`).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -24,7 +27,7 @@ import time
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -32,23 +35,37 @@ from simskip_core.bench.stats import (
     KSHOT_METRIC,
     MethodRecord,
     PairedBootstrap,
+    VerdictInterval,
+    is_refinement,
     overall_summary,
     summarize_task,
+    verdict_interval,
 )
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
     from simskip_core.bench.config import BenchConfig
     from simskip_core.bench.runner import BenchResult
     from simskip_core.tasks import Method, Task
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
+    "FAMILY_COLOURS",
+    "MIN_PROJECTION_POINTS",
     "PACKAGES",
+    "bar_figure",
     "build_outputs",
     "environment_info",
+    "family_group",
     "format_seeds",
     "git_revision",
+    "projection_figure",
     "render_markdown",
     "task_seeds",
+    "write_plots",
 ]
 
 #: Distributions whose versions every run records (absent ones are reported as not installed).
@@ -717,21 +734,58 @@ def _timing_table(run: Mapping[str, Any]) -> list[str]:
 
 
 # ============================================================================ plots
+#: Fewest points a projection plot is drawn for: a scatter of fewer says nothing.
+MIN_PROJECTION_POINTS = 50
+
+#: Colour of each method family group, in legend order (see :func:`family_group`).
+FAMILY_COLOURS = {
+    "baseline": "#7f7f7f",
+    "simskip": "#1f77b4",
+    "control": "#d62728",
+    "domain method": "#2ca02c",
+    "label-using": "#9467bd",
+}
+
+#: Marker, colour and fill of each outcome against the reference (Holm-adjusted p < 0.05).
+_OUTCOME_MARKERS: dict[str, tuple[str, str, Literal["full", "none"]]] = {
+    "win": ("^", "#2ca02c", "full"),
+    "tie": ("o", "#555555", "none"),
+    "loss": ("v", "#d62728", "full"),
+}
+
+#: Most classes named in a projection's legend; the rest are counted in one entry.
+_MAX_LEGEND_CLASSES = 20
+
+
+def family_group(name: str, row: Mapping[str, Any]) -> str:
+    """The legend group of a summary row: "label-using" for the label-using section, else
+    "baseline", "control", "simskip" (a refinement, :func:`~simskip_core.bench.stats.is_refinement`)
+    or "domain method" (a plugin's own family)."""
+    if row["section"] == "label-using":
+        return "label-using"
+    if row["family"] in ("baseline", "control"):
+        return str(row["family"])
+    return "simskip" if is_refinement(name, row["family"]) else "domain method"
+
+
 def write_plots(
     out: Path, summaries: Sequence[Mapping[str, Any]], statuses: Sequence[Mapping[str, Any]]
 ) -> dict[str, Path]:
-    """Bar charts per task and one before/after projection per domain; returns {"bars:<task>" | "projection:<domain>": path}."""
-    import matplotlib
+    """Bar charts per task and one before/after projection per domain; returns {"bars:<task>" | "projection:<domain>": path}.
 
-    matplotlib.use("Agg", force=True)
+    A domain gets no projection when its best task (labelled, then the most points) has no class
+    labels or fewer than :data:`MIN_PROJECTION_POINTS` points.
+    """
     from simskip_core.bench.store import slug
 
     folder = out / "plots"
     folder.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     for summary in summaries:
-        path = folder / f"bars-{slug(summary['task'])}.png"
-        if _bars(summary, path):
+        figure = bar_figure(summary)
+        if figure is not None:
+            path = folder / f"bars-{slug(summary['task'])}.png"
+            figure.savefig(path, dpi=110)
             written[f"bars:{summary['task']}"] = path
     domains: dict[str, list[str]] = {}
     for status in statuses:
@@ -740,12 +794,21 @@ def write_plots(
     for domain, names in sorted(domains.items()):
         sources = [(name, out / "projections" / f"{slug(name)}.npz") for name in sorted(names)]
         sources = [(name, source) for name, source in sources if source.is_file()]
-        if sources:
-            # the task whose picture says most: class labels to colour by, then the most points
-            name, source = max(sources, key=_projection_rank)
-            path = folder / f"projection-{slug(domain)}.png"
-            _projection(source, name, path)
-            written[f"projection:{domain}"] = path
+        if not sources:
+            continue
+        name, source = max(sources, key=_projection_rank)  # class labels to colour by, then the most points
+        figure = projection_figure(source, name)
+        if figure is None:
+            logger.info(
+                "no projection plot for domain %s: %s has no class labels or fewer than %d points",
+                domain,
+                name,
+                MIN_PROJECTION_POINTS,
+            )
+            continue
+        path = folder / f"projection-{slug(domain)}.png"
+        figure.savefig(path, dpi=110)
+        written[f"projection:{domain}"] = path
     return written
 
 
@@ -755,78 +818,187 @@ def _projection_rank(item: tuple[str, Path]) -> tuple[bool, int]:
         return bool((labels >= 0).any()), len(labels)
 
 
-_FAMILY_COLOURS = {
-    "baseline": "#7f7f7f",
-    "simskip": "#1f77b4",
-    "control": "#d62728",
-    "probe": "#9467bd",
-    "adapter": "#8c564b",
-}
+def _plotted_metrics(summary: Mapping[str, Any]) -> list[str]:
+    """Up to four metrics: the primary one, the k-shot probe accuracy when present, then the others."""
+    primary = summary["primary_metric"]
+    present = {m for r in summary["rows"].values() for m in r["metrics"]}
+    first = [primary]
+    if KSHOT_METRIC in present and primary != KSHOT_METRIC:
+        first.append(KSHOT_METRIC)
+    return [*first, *sorted(present - set(first))][:4]
 
 
-def _bars(summary: Mapping[str, Any], path: Path) -> bool:
-    import matplotlib.pyplot as plt
+def bar_figure(summary: Mapping[str, Any]) -> Figure | None:
+    """The bar chart of a task summary (from :func:`~simskip_core.bench.stats.summarize_task`), or
+    None when it has no rows.
+
+    One panel per metric (:func:`_plotted_metrics`): bars start at 0, coloured by
+    :func:`family_group` (hatched: label-using); whiskers are the 95% paired-bootstrap intervals of
+    the verdicts (:func:`~simskip_core.bench.stats.verdict_interval`, against identity, or against
+    the k-shot probe on the k-shot panel) and a marker at the right gives the win / tie / loss;
+    metrics the verdicts do not test get no whiskers. The reference's value is a vertical line.
+    """
+    from matplotlib.figure import Figure
 
     rows = summary["rows"]
-    metrics = [
-        summary["primary_metric"],
-        *sorted({m for r in rows.values() for m in r["metrics"]} - {summary["primary_metric"]}),
+    metrics = _plotted_metrics(summary)
+    if not rows or not metrics:
+        return None
+    figure = Figure(figsize=(4.2 * len(metrics), 0.32 * len(rows) + 2.4))
+    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics):
+        _metric_panel(ax, summary, metric)
+    groups = [g for g in FAMILY_COLOURS if any(family_group(n, r) == g for n, r in rows.items())]
+    figure.legend(
+        handles=_legend_handles(groups),
+        loc="lower center",
+        ncol=min(len(groups) + 5, 6),
+        fontsize=7,
+        frameon=False,
+    )
+    figure.suptitle(
+        f"{summary['task']}: mean over seeds, bars from 0; whiskers: 95% paired-bootstrap interval vs the "
+        "reference line; marker: win / tie / loss (Holm p < 0.05)",
+        fontsize=8,
+    )
+    figure.tight_layout(rect=(0.0, 0.09, 1.0, 0.96))
+    return figure
+
+
+def _metric_panel(ax: Axes, summary: Mapping[str, Any], metric: str) -> None:
+    """One metric's bars, intervals, outcome markers and reference line on ``ax``."""
+    from matplotlib.transforms import blended_transform_factory
+
+    rows = summary["rows"]
+    names = [n for n, r in rows.items() if metric in r["metrics"]]
+    means = np.array([rows[n]["metrics"][metric]["mean"] for n in names], dtype=np.float64)
+    y = np.arange(len(names))
+    groups = [family_group(n, rows[n]) for n in names]
+    bars = ax.barh(y, np.nan_to_num(means, nan=0.0), color=[FAMILY_COLOURS[g] for g in groups], alpha=0.85)
+    for bar, group in zip(bars, groups):
+        if group == "label-using":
+            bar.set_hatch("//")
+    intervals = {i: verdict_interval(summary, n, metric) for i, n in enumerate(names)}
+    shown = {i: v for i, v in intervals.items() if v is not None}
+    if shown:
+        low = np.array([v.low for v in shown.values()])
+        high = np.array([v.high for v in shown.values()])
+        centre = (low + high) / 2
+        ax.errorbar(
+            centre,
+            list(shown),
+            xerr=[centre - low, high - centre],
+            fmt="none",
+            ecolor="black",
+            elinewidth=1.0,
+            capsize=2,
+            gid="bootstrap-interval",
+        )
+    edge = blended_transform_factory(ax.transAxes, ax.transData)
+    for outcome, (marker, colour, fill) in _OUTCOME_MARKERS.items():
+        ys = [i for i, v in shown.items() if v.outcome == outcome]
+        if ys:
+            ax.plot(
+                [0.96] * len(ys),
+                ys,
+                linestyle="none",
+                marker=marker,
+                color=colour,
+                fillstyle=fill,
+                markersize=5,
+                transform=edge,
+                gid=f"outcome-{outcome}",
+            )
+    reference = _reference_line(summary, metric, [v for v in shown.values()])
+    if reference is not None:
+        ax.axvline(reference[1], color="black", lw=0.8, ls=reference[2], gid=f"reference-{reference[0]}")
+    values = [*means[np.isfinite(means)], *(v.low for v in shown.values()), *(v.high for v in shown.values())]
+    lo, hi = min([0.0, *values]), max([0.0, *values])
+    span = (hi - lo) or 1.0
+    ax.set_xlim(lo - 0.05 * span if lo < 0 else 0.0, hi + 0.15 * span)
+    ax.set_yticks(y, names, fontsize=7)
+    ax.invert_yaxis()
+    tested = "" if shown else " (no interval: not in the verdicts)"
+    ax.set_title(f"{metric}{tested}", fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+
+
+def _reference_line(
+    summary: Mapping[str, Any], metric: str, shown: Sequence[VerdictInterval]
+) -> tuple[str, float, str] | None:
+    """(name, value, line style) of the panel's reference: the compared-with row of its intervals
+    (dotted for the k-shot probe), else identity when it has the metric."""
+    if shown:
+        first = shown[0]
+        return first.reference, first.reference_mean, ":" if metric == KSHOT_METRIC else "--"
+    stats = summary["rows"].get("identity", {}).get("metrics", {}).get(metric)
+    if stats is None or not np.isfinite(stats["mean"]):
+        return None
+    return "identity", float(stats["mean"]), "--"
+
+
+def _legend_handles(groups: Sequence[str]) -> list[Any]:
+    """Patches of the family groups present, then the outcome markers and the reference lines."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles: list[Any] = [
+        Patch(facecolor=FAMILY_COLOURS[g], alpha=0.85, hatch="//" if g == "label-using" else None, label=g)
+        for g in groups
     ]
-    metrics = metrics[:4]
-    if not metrics:
-        return False
-    fig, axes = plt.subplots(
-        1, len(metrics), figsize=(4.2 * len(metrics), 0.32 * len(rows) + 1.6), squeeze=False
-    )
-    for ax, metric in zip(axes[0], metrics):
-        names = [n for n, r in rows.items() if metric in r["metrics"]]
-        means = [rows[n]["metrics"][metric]["mean"] for n in names]
-        stds = [rows[n]["metrics"][metric]["std"] for n in names]
-        colours = [_FAMILY_COLOURS.get(rows[n]["family"], "#2ca02c") for n in names]
-        y = np.arange(len(names))
-        bars = ax.barh(y, means, xerr=stds, color=colours, alpha=0.85, capsize=2)
-        for bar, n in zip(bars, names):
-            if rows[n]["section"] == "label-using":
-                bar.set_hatch("//")
-        ax.set_yticks(y, names, fontsize=7)
-        ax.invert_yaxis()
-        finite = [m for m in means if np.isfinite(m)]
-        if finite:
-            lo, hi = min(finite), max(finite)
-            pad = max((hi - lo) * 0.5, 0.01)
-            ax.set_xlim(max(lo - pad, min(0.0, lo)) if lo >= 0 else lo - pad, hi + pad)
-        if "identity" in rows and metric in rows["identity"]["metrics"]:
-            ax.axvline(rows["identity"]["metrics"][metric]["mean"], color="black", lw=0.8, ls="--")
-        ax.set_title(metric, fontsize=9)
-        ax.tick_params(axis="x", labelsize=7)
-    fig.suptitle(
-        f"{summary['task']} (mean ± std over seeds; dashed: identity; hatched: label-using)", fontsize=9
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    for outcome, (marker, colour, fill) in _OUTCOME_MARKERS.items():
+        handles.append(
+            Line2D([], [], linestyle="none", marker=marker, color=colour, fillstyle=fill, label=outcome)
+        )
+    handles.append(Line2D([], [], color="black", lw=0.8, ls="--", label="identity"))
+    handles.append(Line2D([], [], color="black", lw=0.8, ls=":", label="k-shot probe"))
+    return handles
 
 
-def _projection(source: Path, task: str, path: Path) -> None:
-    import matplotlib.pyplot as plt
+def projection_figure(source: Path, task: str) -> Figure | None:
+    """Before / after scatter of a task's saved 2-D projection (``projections/<task>.npz``), coloured
+    by class with a class legend; None when the points have no class labels or are fewer than
+    :data:`MIN_PROJECTION_POINTS`."""
+    from matplotlib.figure import Figure
 
     with np.load(source, allow_pickle=False) as data:
         before, after, labels = data["before"], data["after"], data["labels"]
         shift, method, seed = float(data["mean_shift"]), str(data["method"]), int(data["seed"])
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
-    colour = labels if (labels >= 0).any() else None
+    classes = np.unique(labels[labels >= 0])
+    if len(labels) < MIN_PROJECTION_POINTS or classes.size == 0:
+        return None
+    figure = Figure(figsize=(9, 4.6))
+    axes = figure.subplots(1, 2)
     for ax, coords, title in (
         (axes[0], before, "before (base embeddings)"),
         (axes[1], after, f"after ({method}, seed {seed})"),
     ):
-        ax.scatter(
-            coords[:, 0], coords[:, 1], c=colour, s=4, cmap="tab10" if colour is not None else None, alpha=0.7
-        )
+        _class_scatter(ax, coords, labels, classes)
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{task}: 2-D PCA of {len(before)} test embeddings (mean shift {shift:.3f})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    handles, texts = axes[0].get_legend_handles_labels()
+    if classes.size > _MAX_LEGEND_CLASSES:
+        texts[_MAX_LEGEND_CLASSES - 1] = f"+{classes.size - _MAX_LEGEND_CLASSES + 1} more classes"
+        handles, texts = handles[:_MAX_LEGEND_CLASSES], texts[:_MAX_LEGEND_CLASSES]
+    figure.legend(handles, texts, loc="center right", fontsize=7, markerscale=2.5, title="class")
+    figure.suptitle(f"{task}: 2-D PCA of {len(before)} test embeddings (mean shift {shift:.3f})", fontsize=9)
+    figure.tight_layout(rect=(0.0, 0.0, 0.86, 0.95))
+    return figure
+
+
+def _class_scatter(ax: Axes, coords: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> None:
+    """One scatter per class (tab10 colours up to 10 classes, tab20 beyond, repeating past 20),
+    unlabelled points in light grey."""
+    import matplotlib
+
+    size = 10 if classes.size <= 10 else 20
+    palette = matplotlib.colormaps[f"tab{size}"]
+    unlabelled = labels < 0
+    if unlabelled.any():
+        ax.scatter(
+            coords[unlabelled, 0], coords[unlabelled, 1], s=4, color="#cccccc", alpha=0.6, label="unlabelled"
+        )
+    for i, cls in enumerate(classes):
+        mask = labels == cls
+        ax.scatter(coords[mask, 0], coords[mask, 1], s=4, color=palette(i % size), alpha=0.75, label=f"{cls}")

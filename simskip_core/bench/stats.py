@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from math import isfinite
 from typing import Any
 
 import numpy as np
@@ -34,11 +35,13 @@ __all__ = [
     "Comparison",
     "MethodRecord",
     "PairedBootstrap",
+    "VerdictInterval",
     "holm",
     "is_refinement",
     "mean_std",
     "overall_summary",
     "summarize_task",
+    "verdict_interval",
 ]
 
 #: The metric of the label-using section: a logistic-regression probe trained on the k labelled items.
@@ -474,3 +477,47 @@ def overall_summary(task_summaries: Sequence[Mapping[str, Any]]) -> dict[str, An
         if total:
             lines.append(f"{labels[key]}: {tally['win']} wins / {tally['tie']} ties / {tally['loss']} losses")
     return {"tallies": tallies, "lines": lines}
+
+
+@dataclass(frozen=True)
+class VerdictInterval:
+    """A row's paired-bootstrap comparison as the verdicts use it, on the metric's own scale.
+
+    Attributes:
+        reference: the row compared with (``identity``, or ``fewlabel-probe`` for :data:`KSHOT_METRIC`).
+        reference_mean: the reference's mean of the metric.
+        low, high: ``reference_mean`` plus the 95% interval (``ci_low``, ``ci_high``) of the
+            difference: the interval crosses the reference's value exactly when the difference's
+            interval holds 0.
+        outcome: "win", "tie" or "loss" (Holm-adjusted, as in the tables and verdicts).
+    """
+
+    reference: str
+    reference_mean: float
+    low: float
+    high: float
+    outcome: str
+
+
+def verdict_interval(summary: Mapping[str, Any], method: str, metric: str) -> VerdictInterval | None:
+    """The interval and outcome the report's tables give ``method`` on ``metric`` of a task summary
+    (from :func:`summarize_task`): its comparison with ``fewlabel-probe`` on :data:`KSHOT_METRIC`,
+    with ``identity`` on the primary metric; None for other metrics, for the references themselves
+    and for comparisons without an interval (no per-item scores)."""
+    if metric == KSHOT_METRIC:
+        key = "vs_fewlabel_probe"
+    elif metric == summary["primary_metric"]:
+        key = "vs_identity"
+    else:
+        return None
+    comparison = summary["rows"].get(method, {}).get("comparisons", {}).get(key)
+    if comparison is None or comparison["metric"] != metric or comparison["ci_low"] is None:
+        return None
+    reference = comparison["reference"]
+    stats = summary["rows"].get(reference, {}).get("metrics", {}).get(metric)
+    if stats is None or not isfinite(stats["mean"]):
+        return None
+    base = float(stats["mean"])
+    return VerdictInterval(
+        reference, base, base + comparison["ci_low"], base + comparison["ci_high"], comparison["outcome"]
+    )
