@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -203,3 +205,43 @@ def test_bad_k_and_mismatched_views_get_clear_errors() -> None:
         criteria.alignment(z, z[:4])
     with pytest.raises(ValueError, match="same rows"):
         criteria.knn_preservation(z, z[:4], k=2)
+
+
+def _benchmark_module() -> Any:
+    """benchmarks/label_free_criteria.py as a module (benchmarks/ is no package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "label_free_criteria.py"
+    spec = importlib.util.spec_from_file_location("label_free_criteria", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def _candidate(bench: Any, name: str, **values: float) -> Any:
+    base = {c.name: 0.0 for c in criteria.CRITERIA} | {"alpha_req": 1.0}
+    return bench.Candidate(name, "x", "map", {"m": 0.0}, {}, base | values)
+
+
+def test_auto_rules_of_the_benchmark_keep_identity_unless_beaten() -> None:
+    bench = _benchmark_module()
+    identity = _candidate(bench, "identity", rankme=5.0)
+    worse = _candidate(bench, "worse", rankme=4.0)
+    better = _candidate(bench, "better", rankme=6.0, alignment=0.5)  # better rank, worse alignment
+    assert bench.pick([identity, worse], "rankme").name == "identity"
+    assert bench.pick([identity, worse, better], "rankme").name == "better"
+    assert bench.pick([identity, worse, better], "alignment").name == "identity"  # a tie is no win
+    # the conservative rule needs every selector criterion to prefer the candidate
+    assert bench.pick_conservative([identity, worse, better]).name == "identity"
+    everywhere = {name: 1.0 for name in bench.SELECTORS} | {
+        "alignment": -1.0,
+        "uniformity": -1.0,
+        "alpha_req": 1.0,
+    }
+    allbetter = _candidate(bench, "all", **everywhere)
+    identity_all = _candidate(bench, "identity", rankme=0.0, alpha_req=0.5)
+    assert bench.pick_conservative([identity_all, allbetter]).name == "all"
