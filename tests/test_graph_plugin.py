@@ -184,10 +184,10 @@ def test_structure_aware_starts_at_the_propagated_base_and_round_trips(tmp_path)
     np.testing.assert_array_equal(again.transform(g.x, g.edge_index), out)
     with pytest.raises(FileExistsError):
         model.save(tmp_path / "m")
-    (tmp_path / "m" / "graph.json").write_text("{not json")
+    (tmp_path / "m" / "config.json").write_text("{not json")
     with pytest.raises(CorruptModelError, match="not valid JSON"):
         StructureAwareSimSkip.load(tmp_path / "m")
-    with pytest.raises(CorruptModelError, match=r"no graph\.json"):
+    with pytest.raises(CorruptModelError, match=r"config\.json is missing"):
         StructureAwareSimSkip.load(tmp_path)
     with pytest.raises(ValueError, match="nodes"):
         model.transform(g.x[:10], g.edge_index)

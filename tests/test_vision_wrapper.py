@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import timm
 import torch
-from safetensors.torch import save_file
 from simskip_vision.extract import extract_features
 from simskip_vision.wrapper import RefinedBackbone
 
 from simskip_core.api import SimSkip
 from simskip_core.errors import CorruptModelError
 from simskip_core.plugins import get_plugin_manager
+from simskip_core.serialization import read_model_dir, write_model_dir
 
 FAST = {"epochs": 3, "batch_size": 32, "progress": False, "seed": 0}
 
@@ -59,7 +59,9 @@ def test_save_load_gives_identical_outputs_without_pickle(parts, tmp_path) -> No
     wrapped = _wrapped(parts)
     wrapped.save(tmp_path / "m")
     names = sorted(p.name for p in (tmp_path / "m").rglob("*") if p.is_file())
-    assert names == ["backbone.safetensors", "config.json", "config.json", "model.safetensors"]
+    assert names == ["config.json", "model.safetensors"]
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert (config["format"], config["format_version"]) == ("simskip-refined-backbone", 1)
     loaded = RefinedBackbone.load(tmp_path / "m")
     assert loaded.model_name == "test_efficientnet" and loaded.data_config == wrapped.data_config
     assert np.array_equal(loaded.embed(images, progress=False), wrapped.embed(images, progress=False))
@@ -99,16 +101,18 @@ def test_load_reports_missing_or_mismatched_files(parts, tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         RefinedBackbone.load(tmp_path / "absent")
     wrapped.save(tmp_path / "a")
-    (tmp_path / "a" / "backbone.safetensors").unlink()
-    with pytest.raises(CorruptModelError, match=r"backbone\.safetensors is missing"):
+    (tmp_path / "a" / "model.safetensors").unlink()
+    with pytest.raises(CorruptModelError, match=r"model\.safetensors is missing"):
         RefinedBackbone.load(tmp_path / "a")
     wrapped.save(tmp_path / "b")
-    save_file(
-        dict(timm.create_model("test_resnet", num_classes=0).state_dict()),
-        str(tmp_path / "b" / "backbone.safetensors"),
-    )
+    config, tensors = read_model_dir(tmp_path / "b")
+    other = {
+        f"backbone.{k}": v for k, v in timm.create_model("test_resnet", num_classes=0).state_dict().items()
+    }
+    other.update({k: v for k, v in tensors.items() if k.startswith("simskip.")})
+    write_model_dir(tmp_path / "b", config, other, overwrite=True)
     with pytest.raises(
-        CorruptModelError, match=r"does not fit timm 'test_efficientnet'.*'conv_stem\.weight': missing"
+        CorruptModelError, match=r"do not fit timm 'test_efficientnet'.*'conv_stem\.weight': missing"
     ):
         RefinedBackbone.load(tmp_path / "b")
     wrapped.save(tmp_path / "c")

@@ -15,29 +15,41 @@ contrastive objective (two augmented views plus graph edges as extra positives, 
 loss by default) moves away from that start only as far as it helps the loss. ``post_hops``
 optionally smooths the refined output once more over the graph (predict-then-propagate).
 
-The same object transforms a new graph of the same feature space (inductive use).
+The same object transforms a new graph of the same feature space (inductive use). It saves as a
+simskip model folder (the core's format and atomic writer): ``config.json`` with format
+``"simskip-structure-aware"``, the propagation settings and the SimSkip model's configuration, and
+``model.safetensors`` with the SimSkip tensors. Folders written before this format (``graph.json``
++ ``refiner/``) still load.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from simskip_core import __version__
 from simskip_core.api import SimSkip
 from simskip_core.errors import CorruptModelError
+from simskip_core.serialization import CONFIG_NAME, HASH_KEY, read_model_dir, write_model_dir
 from simskip_graph.ops import check_edge_index, check_node_features, edge_pairs, propagate
 
-__all__ = ["STRUCTURE_DEFAULTS", "StructureAwareSimSkip", "fit_kwargs_for"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "STRUCTURE_DEFAULTS", "StructureAwareSimSkip", "fit_kwargs_for"]
 
 #: SimSkip keyword arguments used unless overridden: edges as extra positives through the
 #: multi-similarity loss.
 STRUCTURE_DEFAULTS: dict[str, Any] = {"loss": "multisimilarity"}
-_CONFIG = "graph.json"
-_MODEL_DIR = "refiner"
+FORMAT = "simskip-structure-aware"
+FORMAT_VERSION = 1
+_SETTINGS: dict[str, type] = {"hops": int, "alpha": float, "post_hops": int, "use_edges": bool}
+_LEGACY_FORMAT = "simskip-graph-structure"
+_LEGACY_CONFIG = "graph.json"
+_LEGACY_MODEL_DIR = "refiner"
 
 
 def fit_kwargs_for(kwargs: Mapping[str, Any], n: int) -> dict[str, Any]:
@@ -144,42 +156,107 @@ class StructureAwareSimSkip:
         }
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Write ``graph.json`` (propagation settings) and the SimSkip model (``refiner/``) to folder ``path``."""
+        """Write the model folder ``path`` (config.json + model.safetensors) with the core's atomic writer.
+
+        An existing ``path`` is an error unless ``overwrite=True`` (see
+        :func:`simskip_core.serialization.write_model_dir`).
+        """
         if self.model_ is None:
             raise RuntimeError("this StructureAwareSimSkip is not fitted yet; nothing to save.")
-        folder = Path(path)
-        if folder.exists() and any(folder.iterdir()) and not overwrite:
-            raise FileExistsError(f"{folder} exists and is not empty; pass overwrite=True to replace it.")
-        folder.mkdir(parents=True, exist_ok=True)
-        self.model_.save(folder / _MODEL_DIR, overwrite=overwrite)
-        tmp = folder / (_CONFIG + ".tmp")
-        tmp.write_text(
-            json.dumps({"format": "simskip-graph-structure", "version": 1, **self.config()}, indent=2)
-        )
-        tmp.replace(folder / _CONFIG)
-        return folder
+        simskip_config, tensors = _simskip_state(self.model_)
+        config = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "simskip_version": __version__,
+            **self.config(),
+            "simskip": simskip_config,
+        }
+        return write_model_dir(path, config, tensors, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> StructureAwareSimSkip:
-        """Load a model written by :meth:`save`; a missing or inconsistent file raises ``CorruptModelError``."""
-        folder = Path(path)
-        try:
-            config = json.loads((folder / _CONFIG).read_text())
-        except FileNotFoundError as error:
-            raise CorruptModelError(
-                f"{folder} has no {_CONFIG}; it was not written by StructureAwareSimSkip.save."
-            ) from error
-        except json.JSONDecodeError as error:
-            raise CorruptModelError(
-                f"{folder / _CONFIG} is not valid JSON ({error}); save the model again."
-            ) from error
-        if config.get("format") != "simskip-graph-structure":
-            raise CorruptModelError(f"{folder / _CONFIG} does not describe a structure-aware graph model.")
-        model = cls(
-            hops=int(config["hops"]),
-            alpha=float(config["alpha"]),
-            post_hops=int(config["post_hops"]),
-            use_edges=bool(config["use_edges"]),
-        )
-        model.model_ = SimSkip.load(folder / _MODEL_DIR)
+        """Load a model written by :meth:`save`; a missing, unreadable or inconsistent file raises
+        ``CorruptModelError`` naming the file or key."""
+        folder = Path(path).expanduser()
+        if (folder / _LEGACY_CONFIG).is_file():
+            settings, simskip = _read_legacy(folder)
+        else:
+            config, tensors = read_model_dir(folder)
+            _check_format(config, folder / CONFIG_NAME, FORMAT)
+            inner = config.get("simskip")
+            if not isinstance(inner, dict):
+                raise CorruptModelError(
+                    f"{folder / CONFIG_NAME} has no 'simskip' section; save the model again."
+                )
+            settings, simskip = config, _simskip_from_state(inner, tensors, folder)
+        model = cls(**_settings(settings, folder))
+        model.model_ = simskip
         return model
+
+
+def _simskip_state(model: SimSkip) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The configuration (less its weights hash: the outer folder records one) and tensors ``model.save`` writes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(Path(tmp) / "simskip")
+        config, tensors = read_model_dir(Path(tmp) / "simskip")
+    config.pop(HASH_KEY, None)
+    return config, tensors
+
+
+def _simskip_from_state(config: dict[str, Any], tensors: dict[str, torch.Tensor], folder: Path) -> SimSkip:
+    """The SimSkip model ``SimSkip.load`` restores from ``config`` and ``tensors`` (saved in ``folder``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        write_model_dir(Path(tmp) / "simskip", config, tensors)
+        try:
+            return SimSkip.load(Path(tmp) / "simskip")
+        except CorruptModelError as error:
+            raise CorruptModelError(
+                f"the SimSkip model saved in {folder} is inconsistent: {error}"
+            ) from error
+
+
+def _check_format(config: Mapping[str, Any], where: Path, expected: str) -> None:
+    if config.get("format") != expected:
+        raise CorruptModelError(
+            f"{where} does not describe a structure-aware graph model (format {expected!r} expected, "
+            f"found {config.get('format')!r})."
+        )
+    version = config.get("format_version", config.get("version"))
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CorruptModelError(
+            f"{where}: format_version must be an integer, got {version!r}; save the model again."
+        )
+    if version > FORMAT_VERSION:
+        raise CorruptModelError(f"{where} was saved by a newer simskip; upgrade simskip to load it.")
+
+
+def _is_kind(value: Any, kind: type) -> bool:
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    return isinstance(value, int) if kind is int else isinstance(value, (int, float))
+
+
+def _settings(config: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    """The propagation settings of a saved config, each checked for presence and type."""
+    out: dict[str, Any] = {}
+    for key, kind in _SETTINGS.items():
+        value = config.get(key)
+        if not _is_kind(value, kind):
+            raise CorruptModelError(
+                f"the saved graph model in {folder} has {key}={value!r}, expected a {kind.__name__}; save it again."
+            )
+        out[key] = kind(value)
+    return out
+
+
+def _read_legacy(folder: Path) -> tuple[dict[str, Any], SimSkip]:
+    """A folder written before the core's format: graph.json + refiner/."""
+    where = folder / _LEGACY_CONFIG
+    try:
+        config = json.loads(where.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CorruptModelError(f"{where} is unreadable ({error}); save the model again.") from error
+    if not isinstance(config, dict):
+        raise CorruptModelError(f"{where} must hold a JSON object; save the model again.")
+    _check_format(config, where, _LEGACY_FORMAT)
+    return config, SimSkip.load(folder / _LEGACY_MODEL_DIR)

@@ -1,18 +1,22 @@
 """A timm backbone and a fitted SimSkip refiner as one ``nn.Module`` whose forward returns refined features.
 
-Saved as a folder (never pickle)::
+Saved as a simskip model folder (the core's format and atomic writer; never pickle)::
 
-    config.json            timm model name, create_model kwargs, data config, dimensions
-    backbone.safetensors   the backbone's state dict
-    refiner/               the SimSkip model (SimSkip.save: config.json + model.safetensors)
+    config.json         format "simskip-refined-backbone", timm model name, create_model kwargs,
+                        data config, dimensions, and the SimSkip model's configuration ("simskip")
+    model.safetensors   the backbone's state dict ("backbone.*") and the SimSkip tensors ("simskip.*")
 
 :meth:`RefinedBackbone.load` rebuilds the backbone with ``timm.create_model(name, pretrained=False,
-**create_kwargs)`` and loads the saved tensors strictly, so nothing is downloaded.
+**create_kwargs)``, where ``create_kwargs`` may only hold the keys in :data:`CREATE_KWARGS` (a
+``checkpoint_path`` or ``pretrained_cfg_overlay`` in a tampered config would make timm read other
+files), and loads the saved tensors strictly, so nothing is downloaded. Folders written by simskip
+before this format (``backbone.safetensors`` + ``refiner/``) still load.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,23 +24,31 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from simskip_core import __version__
 from simskip_core.api import SimSkip
 from simskip_core.errors import CorruptModelError
-from simskip_core.serialization import atomic_folder
+from simskip_core.serialization import CONFIG_NAME, HASH_KEY, read_model_dir, write_model_dir
 from simskip_vision._timm import import_timm, is_timm_model, model_name
 from simskip_vision.weights import CheckpointMismatchError, check_state_dict
 
-__all__ = ["RefinedBackbone"]
+__all__ = ["CREATE_KWARGS", "FORMAT", "FORMAT_VERSION", "RefinedBackbone"]
 
-FORMAT = "simskip-vision-refined-backbone"
+FORMAT = "simskip-refined-backbone"
 FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
-BACKBONE_NAME = "backbone.safetensors"
-REFINER_DIR = "refiner"
+#: The ``timm.create_model`` keyword arguments a saved RefinedBackbone may carry, with their types.
+CREATE_KWARGS: dict[str, type | tuple[type, ...]] = {
+    "num_classes": int,
+    "in_chans": int,
+    "global_pool": str,
+    "drop_rate": (int, float),
+    "drop_path_rate": (int, float),
+}
+LEGACY_FORMAT = "simskip-vision-refined-backbone"
+LEGACY_BACKBONE = "backbone.safetensors"
+LEGACY_REFINER = "refiner"
 
 
 def _jsonable(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -45,6 +57,83 @@ def _jsonable(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def _from_json(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+
+
+def create_kwargs_problem(kwargs: Any) -> str | None:
+    """What is wrong with ``kwargs`` as saved ``timm.create_model`` arguments, or None when they are fine."""
+    if not isinstance(kwargs, Mapping):
+        return f"create_kwargs must be a mapping, got {type(kwargs).__name__}"
+    for key, value in kwargs.items():
+        if key not in CREATE_KWARGS:
+            return (
+                f"create_kwargs key {key!r} is not one simskip writes (allowed: {', '.join(CREATE_KWARGS)})"
+            )
+        if isinstance(value, bool) or not isinstance(value, CREATE_KWARGS[key]):
+            return f"create_kwargs[{key!r}] = {value!r} has the wrong type"
+    return None
+
+
+def _simskip_state(model: SimSkip) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The configuration (less its weights hash: the outer folder records one) and tensors ``model.save`` writes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(Path(tmp) / "simskip")
+        config, tensors = read_model_dir(Path(tmp) / "simskip")
+    config.pop(HASH_KEY, None)
+    return config, tensors
+
+
+def _simskip_from_state(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> SimSkip:
+    """The SimSkip model ``SimSkip.load`` restores from ``config`` and ``tensors``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        write_model_dir(Path(tmp) / "simskip", config, tensors)
+        return SimSkip.load(Path(tmp) / "simskip")
+
+
+def _split(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _check_format(config: Mapping[str, Any], folder: Path, expected: str) -> None:
+    if config.get("format") != expected:
+        raise CorruptModelError(
+            f"{folder / CONFIG_NAME} does not describe a RefinedBackbone (format {expected!r} expected, "
+            f"found {config.get('format')!r})."
+        )
+    version = config.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CorruptModelError(
+            f"{folder / CONFIG_NAME}: format_version must be an integer, got {version!r}."
+        )
+    if version > FORMAT_VERSION:
+        raise CorruptModelError(f"{folder} was saved by a newer simskip; upgrade simskip to load it.")
+
+
+def _read_current(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], SimSkip]:
+    config, tensors = read_model_dir(folder)
+    _check_format(config, folder, FORMAT)
+    inner = config.get("simskip")
+    if not isinstance(inner, dict):
+        raise CorruptModelError(f"{folder / CONFIG_NAME} has no 'simskip' section; save the model again.")
+    try:
+        simskip = _simskip_from_state(inner, _split(tensors, "simskip."))
+    except CorruptModelError as error:
+        raise CorruptModelError(f"the SimSkip model saved in {folder} is inconsistent: {error}") from error
+    return config, _split(tensors, "backbone."), simskip
+
+
+def _read_legacy(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], SimSkip]:
+    """A folder written before the core's format: config.json, backbone.safetensors, refiner/."""
+    try:
+        config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+        tensors = load_file(str(folder / LEGACY_BACKBONE))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, SafetensorError, ValueError) as error:
+        raise CorruptModelError(
+            f"{folder} holds an unreadable RefinedBackbone ({error}); save it again."
+        ) from error
+    if not isinstance(config, dict):
+        raise CorruptModelError(f"{folder / CONFIG_NAME} must hold a JSON object; save the model again.")
+    _check_format(config, folder, LEGACY_FORMAT)
+    return config, tensors, SimSkip.load(folder / LEGACY_REFINER)
 
 
 class RefinedBackbone(nn.Module):
@@ -57,7 +146,8 @@ class RefinedBackbone(nn.Module):
         name: timm architecture name used to rebuild the backbone on load (default: the backbone's
             ``pretrained_cfg["architecture"]``).
         create_kwargs: extra ``timm.create_model`` keyword arguments needed to rebuild the same
-            architecture (default: ``{"num_classes": backbone.num_classes}``).
+            architecture (default: ``{"num_classes": backbone.num_classes}``); only the keys in
+            :data:`CREATE_KWARGS` are accepted.
         data_config: the image preprocessing (default: ``timm.data.resolve_model_data_config(backbone)``).
 
     Input to :meth:`forward` is what timm's transform produces: float tensors (n, 3, H, W).
@@ -92,13 +182,15 @@ class RefinedBackbone(nn.Module):
                 f"{num_features}-d pooled features; fit it on this backbone's features (simskip_vision.extract_features)."
             )
         timm = import_timm()
-        self.backbone = backbone
+        self.backbone: Any = backbone  # a timm model: forward_head, num_features
         self.refiner = refiner.module_
         self.simskip = refiner
         self.model_name = name or model_name(backbone)
-        self.create_kwargs = (
-            dict(create_kwargs) if create_kwargs is not None else {"num_classes": backbone.num_classes}
-        )
+        kwargs = create_kwargs if create_kwargs is not None else {"num_classes": backbone.num_classes}
+        problem = create_kwargs_problem(kwargs)
+        if problem is not None:
+            raise ValueError(f"{problem}; build the backbone with timm and pass only those arguments.")
+        self.create_kwargs = dict(kwargs)
         self.data_config = (
             dict(data_config)
             if data_config is not None
@@ -152,30 +244,25 @@ class RefinedBackbone(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the folder ``path`` (config.json, backbone.safetensors, refiner/) atomically.
+        """Write the model folder ``path`` (config.json + model.safetensors) with the core's atomic writer.
 
-        Everything is written to a temporary sibling folder that is renamed into place when complete.
-        An existing ``path`` is an error unless ``overwrite=True``.
+        An existing ``path`` is an error unless ``overwrite=True`` (see
+        :func:`simskip_core.serialization.write_model_dir`).
         """
-        with atomic_folder(path, overwrite=overwrite) as staging:
-            config = {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "simskip_version": __version__,
-                "model_name": self.model_name,
-                "create_kwargs": self.create_kwargs,
-                "data_config": _jsonable(self.data_config),
-                "num_features": int(self.backbone.num_features),
-            }
-            (staging / CONFIG_NAME).write_text(
-                json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-            )
-            tensors = {
-                k: v.detach().cpu().clone().contiguous() for k, v in self.backbone.state_dict().items()
-            }
-            save_file(tensors, str(staging / BACKBONE_NAME))
-            self.simskip.save(staging / REFINER_DIR)
-        return Path(path).expanduser()
+        simskip_config, simskip_tensors = _simskip_state(self.simskip)
+        config = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "simskip_version": __version__,
+            "model_name": self.model_name,
+            "create_kwargs": self.create_kwargs,
+            "data_config": _jsonable(self.data_config),
+            "num_features": int(self.backbone.num_features),
+            "simskip": simskip_config,
+        }
+        tensors = {f"backbone.{k}": v.detach().cpu().clone() for k, v in self.backbone.state_dict().items()}
+        tensors.update({f"simskip.{k}": v for k, v in simskip_tensors.items()})
+        return write_model_dir(path, config, tensors, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> RefinedBackbone:
@@ -183,56 +270,43 @@ class RefinedBackbone(nn.Module):
 
         Raises:
             FileNotFoundError: ``path`` does not exist.
-            CorruptModelError: a file is missing, unreadable, or does not fit the named architecture.
+            CorruptModelError: a file is missing or unreadable, a config key is wrong (the message
+                names it), or the weights do not fit the named architecture.
         """
         folder = Path(path).expanduser()
-        if not folder.is_dir():
-            raise FileNotFoundError(f"no saved RefinedBackbone at {folder}: the folder does not exist.")
-        config_path, weights_path = folder / CONFIG_NAME, folder / BACKBONE_NAME
-        for required in (config_path, weights_path, folder / REFINER_DIR):
-            if not required.exists():
-                raise CorruptModelError(
-                    f"{folder} is not a complete RefinedBackbone: {required.name} is missing; save it again with .save()."
-                )
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise CorruptModelError(
-                f"{config_path} is not valid JSON ({error}); the saved model is corrupt."
-            ) from error
-        if not isinstance(config, dict) or config.get("format") != FORMAT:
-            raise CorruptModelError(
-                f"{config_path} does not describe a RefinedBackbone (format {FORMAT!r} expected)."
-            )
-        if int(config.get("format_version", 0)) > FORMAT_VERSION:
-            raise CorruptModelError(f"{folder} was saved by a newer simskip; upgrade simskip to load it.")
+        legacy = (folder / LEGACY_BACKBONE).is_file() and not (folder / "model.safetensors").exists()
+        config, tensors, simskip = (_read_legacy if legacy else _read_current)(folder)
         timm = import_timm()
         name = config.get("model_name")
         if not isinstance(name, str) or not timm.is_model(name):
             raise CorruptModelError(
-                f"{config_path} names timm model {name!r}, which this timm does not know."
+                f"{folder / CONFIG_NAME} names timm model {name!r}, which this timm does not know."
             )
-        backbone = timm.create_model(name, pretrained=False, **config.get("create_kwargs", {}))
-        try:
-            tensors = load_file(str(weights_path))
-        except (SafetensorError, OSError, ValueError) as error:
+        create_kwargs = config.get("create_kwargs", {})
+        problem = create_kwargs_problem(create_kwargs)
+        if problem is not None:
             raise CorruptModelError(
-                f"{weights_path} is not a readable safetensors file ({error})."
-            ) from error
+                f"{folder / CONFIG_NAME}: {problem}; the file was edited, save the model again."
+            )
+        data_config = config.get("data_config")
+        if not isinstance(data_config, dict):
+            raise CorruptModelError(
+                f"{folder / CONFIG_NAME} has no 'data_config' object; save the model again."
+            )
+        backbone = timm.create_model(name, pretrained=False, **create_kwargs)
         try:
-            check_state_dict(backbone, tensors, origin=str(weights_path))
+            check_state_dict(backbone, tensors, origin=str(folder))
             backbone.load_state_dict(tensors, strict=True)
         except (CheckpointMismatchError, RuntimeError) as error:
             raise CorruptModelError(
-                f"{weights_path} does not fit timm {name!r} built with {config.get('create_kwargs')}: {error}"
+                f"the weights in {folder} do not fit timm {name!r} built with {create_kwargs}: {error}"
             ) from error
-        refiner = SimSkip.load(folder / REFINER_DIR)
         return cls(
             backbone.eval(),
-            refiner,
+            simskip,
             name=name,
-            create_kwargs=config.get("create_kwargs", {}),
-            data_config=_from_json(config["data_config"]),
+            create_kwargs=create_kwargs,
+            data_config=_from_json(data_config),
         )
 
     def extra_repr(self) -> str:
