@@ -174,7 +174,9 @@ def test_kill_during_a_stream_reruns_to_the_same_bytes(tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", x)
     torch.manual_seed(2)
     refiner = SkipRefiner(16)
-    torch.nn.init.normal_(refiner.g[-1].weight, std=0.2)
+    last = refiner.g[-1]
+    assert isinstance(last, torch.nn.Linear)
+    torch.nn.init.normal_(last.weight, std=0.2)
     save_file(refiner.state_dict(), str(tmp_path / "refiner.safetensors"))
     stream_apply(refiner.eval(), tmp_path / "x.npy", tmp_path / "clean.npy", chunk_rows=100, progress=False)
 

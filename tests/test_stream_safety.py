@@ -22,7 +22,9 @@ N, D = 1500, 8
 def _refiner(seed: int = 0) -> SkipRefiner:
     torch.manual_seed(seed)
     refiner = SkipRefiner(D)
-    torch.nn.init.normal_(refiner.g[-1].weight, std=0.2)
+    last = refiner.g[-1]
+    assert isinstance(last, torch.nn.Linear)
+    torch.nn.init.normal_(last.weight, std=0.2)
     return refiner.eval()
 
 
@@ -135,7 +137,7 @@ def test_overwrite_replaces_a_finished_output_of_another_model(
 def test_non_finite_row_stops_the_stream_and_is_named(
     tmp_path: Path, row: int, value: float, dtype: type
 ) -> None:
-    x = np.random.default_rng(0).normal(size=(N, D)).astype(dtype)
+    x: np.ndarray = np.random.default_rng(0).normal(size=(N, D)).astype(dtype)
     x[row, 3] = value
     path = tmp_path / "bad.npy"
     np.save(path, x)
