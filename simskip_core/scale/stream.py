@@ -22,8 +22,8 @@ Resumable and crash-safe:
 Sharded across ranks (``torchrun`` or independent jobs given ``rank`` / ``world_size``), each rank
 writes a disjoint, contiguous range of chunks of the same output file.
 
-Command line: ``simskip refine IN OUT --model DIR --stream`` (suggested wiring) or, sharded,
-``torchrun --nproc_per_node=N -m simskip_core.scale.distributed apply --model DIR IN OUT``.
+Command line: ``simskip refine IN OUT --model DIR --stream`` or, sharded,
+``torchrun --nproc_per_node=N -m simskip_core refine IN OUT --model DIR --stream``.
 """
 
 from __future__ import annotations
@@ -795,9 +795,8 @@ def _prefetch(
 
 
 def stream_apply_from_args(model: Any, args: Any) -> dict[str, Any]:
-    """Run :func:`stream_apply` with the options of ``simskip refine --stream`` and of
-    ``python -m simskip_core.scale.distributed apply`` (input, output, chunk_rows, no_resume, overwrite,
-    device, bf16, quiet); return a JSON-ready summary."""
+    """Run :func:`stream_apply` with the options of ``simskip refine --stream`` (input, output, chunk_rows,
+    no_resume, overwrite, device, bf16, quiet); return a JSON-ready summary."""
     result = stream_apply(
         model,
         args.input,
