@@ -7,9 +7,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from sklearn.model_selection import StratifiedShuffleSplit
-
-from simskip_core.evaluation import knn_correct, probe_correct
 
 __all__ = ["LabelProbe", "Probe", "select_candidate"]
 
@@ -67,6 +64,11 @@ class LabelProbe:
 
     def __call__(self, z: np.ndarray, split_seed: int) -> float:
         """Accuracy on split ``split_seed`` of the labelled rows of ``z``."""
+        # scikit-learn's estimators load here, not when ``from simskip_core import SimSkip`` runs
+        from sklearn.model_selection import StratifiedShuffleSplit
+
+        from simskip_core.evaluation import knn_correct, probe_correct
+
         idx = np.flatnonzero(self.labels >= 0)
         y = self.labels[idx]
         counts = np.bincount(y)
