@@ -3,19 +3,88 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
-from class_resolver import ClassResolver, Hint
+from class_resolver import ClassResolver, Hint, HintOrType
 
 __all__ = [
     "Augmentation",
     "Compose",
     "FeatureMask",
     "GaussianNoise",
+    "PluginResolver",
+    "UnknownNameError",
     "augmentation_resolver",
     "build_augmentation",
 ]
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError):
+    """A name that no built-in class and no loaded plugin registers; the message lists the valid names."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class PluginResolver(ClassResolver[T], Generic[T]):
+    """A :class:`~class_resolver.ClassResolver` whose name lookup loads the simskip plugins on a miss.
+
+    Plugins register classes through a hook (``simskip_register_losses``,
+    ``simskip_register_augmentations``) when the plugin manager is created, so a plugin's name is
+    unknown until then. A lookup that misses creates the manager once
+    (:func:`simskip_core.plugins.get_plugin_manager`, which honours ``SIMSKIP_DISABLE_PLUGIN_AUTOLOAD``)
+    and retries; a name that still misses raises :class:`UnknownNameError` listing the valid names.
+
+    Args:
+        classes, base, default, suffix, synonyms: as for :class:`~class_resolver.ClassResolver`.
+        kind: what the classes are, for messages ("loss", "augmentation").
+        hook: the hook through which plugins register more classes, for messages.
+    """
+
+    def __init__(self, *args: Any, kind: str, hook: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kind = kind
+        self.hook = hook
+
+    def lookup(self, query: HintOrType[T], default: type[T] | None = None) -> type[T]:
+        """The class for ``query`` (a name, class or instance); a missed name loads the plugins first."""
+        try:
+            return super().lookup(query, default)
+        except KeyError:
+            if not isinstance(query, str):
+                raise
+        _load_plugins()
+        try:
+            return super().lookup(query, default)
+        except KeyError:
+            raise UnknownNameError(self._unknown(query)) from None
+
+    def _unknown(self, query: str) -> str:
+        names = ", ".join(sorted(self.options))
+        return (
+            f"unknown {self.kind} {query!r}; valid names: {names} "
+            f"(installed plugins add more through the {self.hook} hook; `simskip plugins` lists them)."
+        )
+
+
+_plugins_loading = False
+
+
+def _load_plugins() -> None:
+    """Create the plugin manager (loading entry points), unless that is already under way."""
+    global _plugins_loading
+    if _plugins_loading:
+        return  # a plugin looks a name up while it is being loaded: no second manager
+    _plugins_loading = True
+    try:
+        from simskip_core.plugins import get_plugin_manager  # seam: engine -> plugin host, on a miss only
+
+        get_plugin_manager()
+    finally:
+        _plugins_loading = False
 
 
 class Augmentation:
@@ -111,10 +180,12 @@ class Compose(Augmentation):
 
 
 #: Resolves augmentations by name ("featuremask" / "mask", "gaussiannoise" / "noise"), class or instance.
-augmentation_resolver: ClassResolver[Augmentation] = ClassResolver(
+augmentation_resolver: PluginResolver[Augmentation] = PluginResolver(
     [FeatureMask, GaussianNoise],
     base=Augmentation,
     synonyms={"mask": FeatureMask, "noise": GaussianNoise},
+    kind="augmentation",
+    hook="simskip_register_augmentations",
 )
 
 

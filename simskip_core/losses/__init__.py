@@ -9,8 +9,7 @@ each class's ``synonyms`` attribute.
 
 from __future__ import annotations
 
-from class_resolver import ClassResolver
-
+from simskip_core.augment import PluginResolver
 from simskip_core.losses.base import ContrastiveLoss
 from simskip_core.losses.difficulty import DifficultyAwareLoss
 from simskip_core.losses.multi_similarity import MSConLoss, MultiSimilarityLoss
@@ -30,10 +29,13 @@ __all__ = [
 ]
 
 #: Resolves a loss from a name (e.g. "ntxent"), a class or an instance. Plugins add more through
-#: the ``simskip_register_losses`` hook.
-loss_resolver: ClassResolver[ContrastiveLoss] = ClassResolver(
+#: the ``simskip_register_losses`` hook; a name that misses loads the plugins first, then lists the
+#: valid names.
+loss_resolver: PluginResolver[ContrastiveLoss] = PluginResolver(
     [NTXentLoss, StudentTLoss, SpectralContrastiveLoss, DifficultyAwareLoss, MSConLoss],
     base=ContrastiveLoss,
     default=NTXentLoss,
     suffix="Loss",
+    kind="loss",
+    hook="simskip_register_losses",
 )
