@@ -185,3 +185,84 @@ def test_the_stage_folder_stays_a_simskip_model(saved_text_model):
     path = saved_text_model[0]
     stage = json.loads((path / "modules.json").read_text())[-1]["path"]
     assert SimSkip.load(path / stage).dim_ == 384
+
+
+# ------------------------------------------------------------------------------- kg
+class _Marker:
+    """Unpickling this writes ``path``: stands for a tampered pickle."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.write_text, (self.path, "ran"))
+
+
+@pytest.fixture
+def pykeen_home(tmp_path, monkeypatch) -> Path:
+    """PyKEEN's dataset cache root, moved to a temporary folder."""
+    import pykeen.datasets.utils
+
+    root = tmp_path / "pykeen-datasets"
+    monkeypatch.setattr(pykeen.datasets.utils, "PYKEEN_DATASETS", root)
+    return root
+
+
+def test_a_tampered_pykeen_dataset_cache_is_never_read(pykeen_home, tmp_path):
+    import torch
+    from pykeen.datasets import get_dataset
+    from simskip_kg.inputs import resolve_dataset
+
+    get_dataset(dataset="nations")  # writes PyKEEN's cache
+    (metadata,) = pykeen_home.glob("nations/cache/*/metadata.pth")
+    marker = tmp_path / "marker"
+    torch.save(_Marker(marker), metadata)
+    get_dataset(dataset="nations")
+    assert marker.exists()  # PyKEEN's own loader runs the planted code
+    marker.unlink()
+    assert resolve_dataset("nations").training.num_triples > 0
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["nations", "kinships", "umls"])
+def test_shipped_datasets_are_pykeens_splits_and_write_no_cache(pykeen_home, name):
+    from pykeen.datasets import get_dataset
+    from simskip_kg import load_dataset
+
+    ours = load_dataset(name)
+    assert not pykeen_home.exists()
+    theirs = get_dataset(dataset=name)
+    for split in ("training", "testing", "validation"):
+        mine, reference = getattr(ours, split), getattr(theirs, split)
+        assert mine.entity_to_id == reference.entity_to_id and mine.relation_to_id == reference.relation_to_id
+        assert torch_equal(mine.mapped_triples, reference.mapped_triples)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return a.shape == b.shape and bool(torch.equal(a, b))
+
+
+def test_dataset_names_that_are_unknown_or_not_built_from_files_are_refused():
+    from simskip_kg import KGInputError, load_dataset
+
+    with pytest.raises(KGInputError, match="unknown PyKEEN dataset 'nope'"):
+        load_dataset("nope")
+    with pytest.raises(KGInputError, match="pass the Dataset instance"):
+        load_dataset("ogbwikikg2")
+
+
+# ------------------------------------------------------------------------------- no unpickling anywhere
+def test_no_plugin_source_unpickles():
+    import re
+
+    pattern = re.compile(r"torch\.load\(|import pickle|pickle\.loads?\(|allow_pickle=True|weights_only=False")
+    root = Path(__file__).resolve().parents[1] / "plugins"
+    offenders = [
+        f"{path.relative_to(root)}:{number}"
+        for path in sorted(root.rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert offenders == []

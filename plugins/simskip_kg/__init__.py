@@ -17,6 +17,7 @@ from __future__ import annotations
 from simskip_core.lazy import lazy_exports
 
 __all__ = [
+    "SHIPPED_DATASETS",
     "DatasetMismatchError",
     "EmbeddingLayout",
     "KGInputError",
@@ -29,6 +30,7 @@ __all__ = [
     "evaluate_link_prediction",
     "extract_entity_vectors",
     "extract_relation_vectors",
+    "load_dataset",
     "load_or_train",
     "neighbour_pairs",
     "refine_pykeen",
@@ -43,6 +45,8 @@ _EXPORTS = {
     "KGInputError": "simskip_kg.errors",
     "UnsupportedModelError": "simskip_kg.errors",
     "UntrainedModelError": "simskip_kg.errors",
+    "SHIPPED_DATASETS": "simskip_kg.datasets",
+    "load_dataset": "simskip_kg.datasets",
     "EmbeddingLayout": "simskip_kg.embeddings",
     "extract_entity_vectors": "simskip_kg.embeddings",
     "extract_relation_vectors": "simskip_kg.embeddings",

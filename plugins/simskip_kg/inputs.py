@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pykeen.datasets import Dataset, get_dataset
+from pykeen.datasets import Dataset
 from pykeen.evaluation import RankBasedEvaluator
 from pykeen.models import ERModel
 from pykeen.pipeline import PipelineResult
 
+from simskip_kg.datasets import load_dataset
 from simskip_kg.embeddings import _check_model, extract_entity_vectors, extract_relation_vectors
 from simskip_kg.errors import DatasetMismatchError, KGInputError, UnsupportedModelError, UntrainedModelError
 from simskip_kg.evaluation import quiet_cpu_memory_warning
@@ -57,17 +58,15 @@ class KGInput:
 
 
 def resolve_dataset(dataset: Any) -> Dataset:
-    """A PyKEEN :class:`Dataset` from an instance or a name (``"nations"``, ``"kinships"``, ``"umls"``)."""
+    """A PyKEEN :class:`Dataset` from an instance or a name (``"nations"``, ``"kinships"``, ``"umls"``).
+
+    Names are built from the triples files by :func:`simskip_kg.datasets.load_dataset`, never from
+    PyKEEN's pickled dataset cache.
+    """
     if isinstance(dataset, Dataset):
         return dataset
     if isinstance(dataset, str):
-        try:
-            return get_dataset(dataset=dataset)
-        except Exception as error:  # pykeen raises KeyError/ValueError for unknown names, OSError offline
-            raise KGInputError(
-                f"could not load PyKEEN dataset {dataset!r} ({type(error).__name__}: {error}); Nations, Kinships "
-                "and UMLS ship inside pykeen and work offline, others need a download."
-            ) from error
+        return load_dataset(dataset)
     raise KGInputError(
         f"dataset must be a pykeen Dataset or a dataset name, got {type(dataset).__name__}; "
         "e.g. dataset=pykeen.datasets.Nations() or dataset='nations'."

@@ -51,10 +51,9 @@ def measure(
     refit_epochs: int = 50,
 ) -> dict[str, Any]:
     """Run the measurement grid; returns per-cell metrics, per-item reciprocal ranks and timings."""
-    from pykeen.datasets import get_dataset
-
     from simskip_core.api import SimSkip
     from simskip_core.baselines import baseline_resolver
+    from simskip_kg.datasets import load_dataset
     from simskip_kg.defaults import DEFAULT_NEIGHBOUR_TOP_K, simskip_batch_size
     from simskip_kg.embeddings import extract_entity_vectors, with_entity_vectors
     from simskip_kg.evaluation import evaluate_link_prediction
@@ -64,7 +63,7 @@ def measure(
 
     cells: dict[str, Any] = {}
     for dataset in datasets:
-        ds = get_dataset(dataset=dataset)
+        ds = load_dataset(dataset)
         filters = [ds.training.mapped_triples, ds.validation.mapped_triples]
         for model_name in models:
             for seed in seeds:
