@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,25 @@ def test_only_rank_zero_writes_checkpoints(spawned: Path) -> None:
     ]
     assert writes == [SCENARIOS["ntxent"]["config"]["epochs"], 0]
     assert (spawned / "ckpt-ntxent" / "checkpoint.safetensors").is_file()
+
+
+def test_checkpoint_of_a_distributed_run_resumes_in_one_process(spawned: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    shutil.copytree(spawned / "ckpt-ntxent", folder)
+    ranked = json.loads((spawned / "ntxent-0.json").read_text(encoding="utf-8"))
+    x = _data()
+
+    def resume(epochs: int, **changes: Any) -> list[dict[str, Any]]:
+        torch.manual_seed(0)
+        spec = {**SCENARIOS["ntxent"]["config"], "epochs": epochs, **changes}
+        config = TrainConfig(**spec, progress=False, patience=None, checkpoint_dir=str(folder), resume=True)
+        return fit_refiner(x, SkipRefiner(16), NTXentLoss(), build_augmentation(AUGMENT), [], config)
+
+    assert resume(3) == ranked  # finished: nothing trained, the ranks' history returned
+    longer = resume(4)
+    assert longer[:3] == ranked and [h["epoch"] for h in longer] == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match=r"batch_size \(63 -> 64\)"):
+        resume(5, batch_size=64)
 
 
 def test_sharded_stream_apply_under_a_process_group(spawned: Path) -> None:
