@@ -160,6 +160,7 @@ def fit_candidates(
 ) -> tuple[list[Candidate], Held, list[str]]:
     """Every label-free candidate of ``task`` fitted with ``seed``; also the held rows and skip notes."""
     held = _held_rows(task, data, methods, seed, max_rows)
+    k = min(k, max(1, len(held.index) // 3))  # a bootstrap resample keeps about 63% of the rows
     state: dict[str, Any] = {}
     found, notes = [], []
     for method in methods:
@@ -344,10 +345,13 @@ def run(args: argparse.Namespace) -> None:
             candidates, held, notes = fit_candidates(
                 task, data, methods, seed, k=args.k, max_rows=args.max_rows
             )
+            skipped += [f"- {task.name} (seed {seed}) {note}" for note in notes]
+            if not any(c.name == "identity" for c in candidates):
+                skipped.append(f"- {task.name} (seed {seed}): no identity row, task left out")
+                continue
             heldout[task.name] = held.held_out
             cand_rows += candidate_rows(task, seed, candidates, held)
             outcomes += outcome_rows(task, seed, candidates, bootstrap)
-            skipped += [f"- {task.name} (seed {seed}) {note}" for note in notes]
         log.info("%s: %d candidates in %.0f s", task.name, len(candidates), time.perf_counter() - tic)
         _write_csv(args.out / "candidates.csv", cand_rows)
         _write_csv(args.out / "outcomes.csv", outcomes)
