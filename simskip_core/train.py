@@ -489,7 +489,7 @@ def _check_fingerprint(path: Path, saved: Any, current: dict[str, Any]) -> None:
         else:
             shown.append(f"{key} ({before!r} -> {now!r})")
     raise ValueError(
-        f"the checkpoint {path} belongs to another run: {'; '.join(shown)} (checkpoint -> now). Pass a new "
+        f"the checkpoint {path} belongs to another run (checkpoint -> now): {'; '.join(shown)}. Pass a new "
         "checkpoint_dir (--checkpoint-dir) for this run, or start without resume to overwrite it."
     )
 
