@@ -70,21 +70,11 @@ class PluginResolver(ClassResolver[T], Generic[T]):
         )
 
 
-_plugins_loading = False
-
-
 def _load_plugins() -> None:
-    """Create the plugin manager (loading entry points), unless that is already under way."""
-    global _plugins_loading
-    if _plugins_loading:
-        return  # a plugin looks a name up while it is being loaded: no second manager
-    _plugins_loading = True
-    try:
-        from simskip_core.plugins import get_plugin_manager  # seam: engine -> plugin host, on a miss only
+    """Create the plugin manager, which loads the entry points and registers their classes."""
+    from simskip_core.plugins import get_plugin_manager  # seam: engine -> plugin host, on a miss only
 
-        get_plugin_manager()
-    finally:
-        _plugins_loading = False
+    get_plugin_manager()
 
 
 class Augmentation:

@@ -453,20 +453,27 @@ def _stream_flags() -> Iterator[None]:
 
 # ---------------------------------------------------------------------------------------------- plugins
 def _plugins() -> int:
+    """``simskip plugins``: a table of the plugins, then one line per plugin left out, then the tasks."""
     from rich.console import Console
     from rich.table import Table
 
     from simskip_core.plugins import all_tasks, installed_plugins
 
+    rows = installed_plugins()
     table = Table(title="simskip plugins")
     for column in ("name", "module", "distribution", "status"):
-        table.add_column(column, overflow="fold")
-    for row in installed_plugins():
-        table.add_row(row["name"], row["module"], row["distribution"], row["status"])
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], row["module"], row["distribution"], row["status"].split(" (")[0])
     console = Console()
     console.print(table)
+    for row in rows:
+        if row["status"] not in {"loaded", "registered at run time"}:
+            console.print(
+                f"{row['name']} ({row['distribution']}): {row['status']}", soft_wrap=True, markup=False
+            )
     tasks = all_tasks()
-    console.print(f"{len(tasks)} benchmark task(s): " + ", ".join(tasks))
+    console.print(f"{len(tasks)} benchmark task(s): " + ", ".join(tasks), soft_wrap=True)
     return 0
 
 

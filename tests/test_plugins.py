@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 from collections.abc import Iterator
 from importlib.metadata import entry_points
@@ -47,6 +48,19 @@ def example_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     yield tmp_path
     for name in [m for m in sys.modules if m.startswith("simskip_example")]:
         del sys.modules[name]
+
+
+@pytest.fixture
+def builtin_resolvers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loss and augmentation resolvers as a fresh process has them: no plugin class registered yet."""
+    for resolver in (loss_resolver, augmentation_resolver):
+        for attribute in ("lookup_dict", "synonyms"):
+            own = {
+                k: v
+                for k, v in getattr(resolver, attribute).items()
+                if v.__module__.startswith("simskip_core")
+            }
+            monkeypatch.setattr(resolver, attribute, own)
 
 
 def test_every_hook_has_a_docstring_and_is_documented() -> None:
@@ -135,8 +149,71 @@ def test_plugin_packages_import_their_host_library_lazily(package: str, host: st
 
     code = (
         f"import sys, {package}; assert {host!r} not in sys.modules, 'eager import'; "
-        f"assert all(callable(getattr({package}, name)) for name in dir({package}))"
+        f"assert all(getattr({package}, name) is not None for name in dir({package}))"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         __import__(package).nope  # noqa: B018
+
+
+def test_plugin_names_are_found_before_the_plugin_manager_exists(
+    fresh_manager, example_installed, builtin_resolvers
+) -> None:
+    x = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32)
+    model = SimSkip(loss="cosinealign", augment=["signflip"], epochs=1, batch_size=32, progress=False).fit(x)
+    assert model.transform(x).shape == x.shape
+
+
+def test_refine_command_trains_with_a_plugin_loss(
+    fresh_manager, example_installed, builtin_resolvers
+) -> None:
+    from simskip_core.cli import main
+
+    np.save(example_installed / "in.npy", np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32))
+    args = ["refine", str(example_installed / "in.npy"), str(example_installed / "out.npy")]
+    assert main([*args, "--loss", "cosinealign", "--epochs", "1", "--batch-size", "32", "--quiet"]) == 0
+    assert np.load(example_installed / "out.npy").shape == (200, 8)
+
+
+def test_a_model_saved_with_a_plugin_augmentation_loads_in_a_fresh_process(
+    fresh_manager, example_installed
+) -> None:
+    import subprocess
+
+    x = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32)
+    SimSkip(augment=["signflip"], epochs=1, batch_size=32, progress=False).fit(x).save(
+        example_installed / "m"
+    )
+    code = (
+        "import sys; from simskip_core import SimSkip; model = SimSkip.load(sys.argv[1]); print(repr(model)); "
+        "model.save(sys.argv[2]); print(SimSkip.load(sys.argv[2]).config_dict()['augment'])"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(example_installed), str(EXAMPLE)])}
+    env.pop(AUTOLOAD_ENV, None)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(example_installed / "m"), str(example_installed / "again")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("SimSkip(loss='ntxent'") and "[['signflip', {'p': 0.1}]]" in out.stdout
+
+
+def test_an_unknown_name_lists_the_valid_names_after_loading_the_plugins(
+    fresh_manager, example_installed, builtin_resolvers
+) -> None:
+    with pytest.raises(KeyError) as info:
+        loss_resolver.lookup("nope")
+    message = str(info.value)
+    assert message.startswith("unknown loss 'nope'; valid names: ") and "cosinealign" in message
+    assert "ntxent" in message and "simskip_register_losses" in message
+
+
+def test_the_name_fallback_honours_the_autoload_switch(
+    fresh_manager, example_installed, builtin_resolvers, monkeypatch
+) -> None:
+    monkeypatch.setenv(AUTOLOAD_ENV, "1")
+    with pytest.raises(KeyError, match="unknown augmentation 'signflip'; valid names: featuremask, "):
+        augmentation_resolver.lookup("signflip")
+    assert get_plugin_manager().get_plugin("example") is None
