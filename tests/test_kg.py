@@ -384,37 +384,27 @@ def test_kg_task_loads_evaluates_and_runs_the_refit_methods(tmp_path, monkeypatc
     data = task.load(LoadOptions(quick=True, cache_dir=tmp_path, progress=False))
     assert isinstance(data, TaskData) and data.train.vectors.shape == (14, 64)
     assert data.train.ids[0] == data.context["dataset"].training.entity_to_id.__iter__().__next__()
-    hook = get_plugin_manager().hook
     x = data.test.vectors
-    result = hook.simskip_evaluate(task=task, data=data, train=x, test=x, seed=0, extras={})
+    result = task.evaluate(data, x, x, 0, {})
     assert result.metrics["mrr"] == pytest.approx(
         _pykeen_metrics(data.context["model"], data.context["dataset"])["mrr"]
     )
-    (pairs,) = [p for p in hook.simskip_pair_signals(task=task, data=data) if p]
+    pairs = task.pair_signals(data)
     assert pairs["kg_neighbours"].shape[1] == 2 and len(pairs["kg_neighbours"]) > 0
-    probe = hook.simskip_default_probe(task=task, data=data)
+    probe = task.default_probe(data)
     assert probe.uses_labels is False and probe(x, 0) == probe(x, 0) and probe(x, 0) != probe(x, 1)
-    methods = {m.name: m for declared in hook.simskip_task_methods(task=task) if declared for m in declared}
+    methods = {m.name: m for m in task.methods}
     out = methods["identity+relation-refit"].run(task, data, 0, {})
     assert np.array_equal(out.test, x)  # raw entities...
-    refit = hook.simskip_evaluate(
-        task=task, data=data, train=out.train, test=out.test, seed=0, extras=out.extras
-    )
+    refit = task.evaluate(data, out.train, out.test, 0, out.extras)
     assert refit.metrics != result.metrics  # ...evaluated with their re-fitted relations
-    assert (
-        hook.simskip_evaluate(task=task, data=data, train=x, test=x.copy(), seed=0, extras={}).metrics
-        == result.metrics
-    )
+    assert task.evaluate(data, x, x.copy(), 0, {}).metrics == result.metrics
     short = dataclasses.replace(task, defaults={**task.defaults, "epochs": 5})  # keep the test quick
     refined = methods["simskip-ntxent+relation-refit"].run(short, data, 0, {})
     assert refined.test.shape == x.shape and not np.array_equal(refined.test, x)
     assert refined.info["refit_epochs"] == 2 and refined.info["entities"] == "simskip-ntxent"
-    with_refit = hook.simskip_evaluate(
-        task=task, data=data, train=refined.train, test=refined.test, seed=0, extras=refined.extras
-    )
-    without = hook.simskip_evaluate(
-        task=task, data=data, train=refined.train, test=refined.test, seed=0, extras={}
-    )
+    with_refit = task.evaluate(data, refined.train, refined.test, 0, refined.extras)
+    without = task.evaluate(data, refined.train, refined.test, 0, {})
     assert with_refit.metrics != without.metrics
 
 
