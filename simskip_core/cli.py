@@ -257,7 +257,7 @@ def _check_output(args: argparse.Namespace) -> None:
     for source in _inputs(args):
         if _inside(out, source) if source.is_dir() else _same_file(out, source):
             raise ValueError(
-                f"OUT {out} is (or lies inside) the input {source}; writing it would destroy the input. "
+                f"OUT {out} is (or lies inside) the input {source}; writing it would overwrite the input. "
                 "Choose another output path."
             )
     _check_parent(out, "OUT")
@@ -302,7 +302,7 @@ def _check_checkpoint_dir(path: Path) -> None:
 
 
 def _check_device(device: str | None) -> None:
-    """A device that exists on this machine (no CUDA, no ``cuda`` device)."""
+    """Refuse a device torch does not know, and a CUDA device this machine does not have."""
     if device is None:
         return
     import torch

@@ -98,7 +98,7 @@ def test_an_output_that_is_the_input_is_refused(data, model_dir, how, capsys) ->
         np.save(source / "a.npy", before)
         out, extra = source / "b.npy", ["--stream"]
     assert main(["refine", str(source), str(out), "--model", str(model_dir), *extra]) == 2
-    assert "would destroy the input" in _error(capsys)
+    assert "would overwrite the input" in _error(capsys)
     assert np.array_equal(np.load(data), before)
 
 
