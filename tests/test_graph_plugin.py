@@ -20,7 +20,7 @@ from simskip_core.embeddings import EmbeddingSet
 from simskip_core.errors import CorruptModelError
 from simskip_core.evaluation import classification_eval
 from simskip_core.hooks import hookimpl
-from simskip_core.tasks import LoadOptions, Task
+from simskip_core.tasks import LoadOptions
 
 
 @pytest.fixture(autouse=True)
@@ -261,25 +261,24 @@ def test_task_data_split_and_evaluation_errors():
     ]
     assert (data.train.labels[ctx["test_index"]] == -1).all()  # test labels hidden from methods
     assert (data.train.labels[ctx["train_index"]] >= 0).all()
-    task = next(t for t in graph_tasks() if t.name == "graph/karate-dgi")
-    result = evaluate(task, data, data.train.vectors, data.test.vectors, 0)
+    result = evaluate(data, data.train.vectors, data.test.vectors, 0)
     assert set(result.metrics) == {"probe_acc", "probe_macro_f1", "knn5_acc"}
     assert len(result.items["probe_acc"].values) == 15
     with pytest.raises(ValueError, match=r"shape \(29, 16\)"):
-        evaluate(task, data, data.train.vectors[:29], data.test.vectors, 0)
+        evaluate(data, data.train.vectors[:29], data.test.vectors, 0)
     with pytest.raises(ValueError, match="one row per node"):
         build_task_data(g, g.x.numpy()[:7])
     with pytest.raises(ValueError, match=r"no data\.y"):
         build_task_data(Data(edge_index=g.edge_index, num_nodes=30), g.x.numpy())
     unlabelled = data.__class__(train=data.train, test=data.test, context={"num_nodes": 30})
     with pytest.raises(ValueError, match="no node labels"):
-        evaluate(task, unlabelled, data.train.vectors, data.test.vectors, 0)
+        evaluate(unlabelled, data.train.vectors, data.test.vectors, 0)
     bad = Data(edge_index=torch.tensor([[0], [40]]), y=g.y, num_nodes=30)
     with pytest.raises(ValueError, match="outside"):
         build_task_data(bad, g.x.numpy())
 
 
-def test_registered_tasks_and_hooks_answer_only_graph_tasks():
+def test_registered_tasks_carry_their_own_evaluation_and_methods():
     tasks = {t.name: t for t in graph_tasks()}
     assert len(tasks) == 15 and "graph/karate-text" not in tasks
     assert {n for n, t in tasks.items() if t.quick} == {
@@ -290,12 +289,12 @@ def test_registered_tasks_and_hooks_answer_only_graph_tasks():
     # core methods train on n - 10 % rows: the batch must fit in them on small graphs
     assert tasks["graph/karate-dgi"].defaults["batch_size"] == 31
     assert tasks["graph/polblogs-dgi"].defaults["batch_size"] == 256
-    other = Task("text/x", "text", "", "", lambda o: None, "acc", ("acc",))
-    assert plugin.simskip_evaluate(other, None, None, None, 0) is None
-    assert plugin.simskip_task_methods(other) is None
-    assert plugin.simskip_pair_signals(other, None) is None
-    assert plugin.simskip_default_probe(other, None) is None
-    names = [m.name for m in plugin.simskip_task_methods(tasks["graph/karate-dgi"])]
+    karate = tasks["graph/karate-dgi"]
+    assert (
+        karate.evaluate is evaluate and karate.pair_signals is not None and karate.default_probe is not None
+    )
+    assert not hasattr(plugin, "simskip_evaluate") and not hasattr(plugin, "simskip_pair_signals")
+    names = [m.name for m in karate.methods]
     assert names == ["neighbour-average", "sgc-propagation", "spectral", "simskip-structure"]
 
 
@@ -306,14 +305,14 @@ def test_karate_task_end_to_end(tmp_path):
     assert len(data.train) == 34 and data.train.dim == 64
     assert list((tmp_path / "graph").glob("*.npz"))  # base embeddings cached
     np.testing.assert_array_equal(task.load(options).train.vectors, data.train.vectors)
-    pairs = plugin.simskip_pair_signals(task, data)
+    pairs = task.pair_signals(data)
     assert pairs["edges"].shape == (78, 2)
-    probe = plugin.simskip_default_probe(task, data)
+    probe = task.default_probe(data)
     assert 0.0 <= probe(data.train.vectors, 0) <= 1.0
     for method in graph_methods():
         out = method.run(task, data, 0, {})
         assert out.train.shape[0] == 34
-        result = plugin.simskip_evaluate(task, data, out.train, out.test, 0)
+        result = task.evaluate(data, out.train, out.test, 0, {})
         assert 0.0 <= result.metrics["probe_acc"] <= 1.0
 
 
