@@ -43,7 +43,7 @@ ENTRY_POINT_GROUP = hooks.PROJECT
 _manager: pluggy.PluginManager | None = None
 #: The manager while :func:`get_plugin_manager` loads the entry points (None otherwise).
 _building: pluggy.PluginManager | None = None
-#: Plugin name -> why it is not loaded ("not loaded (ImportError: ...)", "failed (RuntimeError: ...)").
+#: Plugin name -> why it is left out ("not loaded (ImportError: ...)", "failed on import (RuntimeError: ...)").
 _load_errors: dict[str, str] = {}
 
 
