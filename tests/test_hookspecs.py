@@ -12,6 +12,7 @@ import ast
 import inspect
 import os
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -464,3 +465,20 @@ def test_extract_and_attach_with_a_pykeen_model(real_plugins: None) -> None:
     refined = simskip_core.attach(model, refiner)
     assert np.allclose(extract_entity_vectors(refined)[0], refiner.transform(entities.vectors), atol=1e-6)
     assert np.array_equal(extract_entity_vectors(model)[0], entities.vectors)  # the host is left unchanged
+
+
+def test_the_example_plugins_task_carries_its_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/example_plugin shows third parties the new way: its task has ``evaluate``, no evaluate hook."""
+    monkeypatch.syspath_prepend(str(ROOT / "docs" / "example_plugin"))
+    for name in ("simskip_example", "simskip_example.plugin"):  # imported fresh, forgotten afterwards
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    from simskip_example import plugin as example
+
+    for name in ("simskip_example", "simskip_example.plugin"):
+        monkeypatch.setitem(sys.modules, name, sys.modules[name])
+
+    assert not hasattr(example, "simskip_evaluate")
+    data = example.TASK.load(LoadOptions(progress=False))
+    assert example.TASK.evaluate is not None
+    result = example.TASK.evaluate(data, data.train.vectors, data.test.vectors, 0, {})
+    assert set(result.metrics) == set(example.TASK.metrics) and result.metrics["probe_acc"] > 0.9
