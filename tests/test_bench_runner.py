@@ -341,7 +341,7 @@ def test_cli_lists_errors_and_filters(
 ) -> None:
     from simskip_core.cli import main
 
-    assert main(["bench", "--task", "nope", "--out", str(tmp_path / "x")]) == 1
+    assert main(["bench", "--task", "nope", "--out", str(tmp_path / "x")]) == 2  # a usage error
     assert (
         "valid tasks: other/missing, other/slow, synthetic/blobs, synthetic/words" in capsys.readouterr().err
     )
@@ -444,7 +444,7 @@ def test_report_only_rebuilds_from_cells_with_per_task_seeds(
     assert "| other/slow | not run | no cells yet" in capsys.readouterr().out
     assert sum(plugin.runs.values()) == runs and sum(plugin.loads.values()) == loads
 
-    assert main(["bench", "--report-only", "--out", str(out)]) == 1
+    assert main(["bench", "--report-only", "--out", str(out)]) == 2  # a usage error
     assert "--report-only rebuilds the report of an earlier run: pass --resume OUT" in capsys.readouterr().err
 
 
