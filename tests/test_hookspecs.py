@@ -302,15 +302,19 @@ def test_a_task_nobody_evaluates_fails_its_cells_with_the_fix(
         @hookimpl
         def simskip_register_tasks(self, register: Any) -> None:
             register(_task("hooktest/bare"))
+            register(_task("hooktest/dict", evaluate=lambda *args: {"probe_acc": 1.0}))
 
     manager.register(Bare(), name="bare")
     config = BenchConfig(
         out=tmp_path / "run", seeds=(0,), methods=("identity",), quiet=True, plots=False, n_boot=100
     )
     result = run_bench(config)
-    assert result.failures == 1
-    failure = result.run["failures"][0]
-    assert "carries no evaluate" in failure["reason"] and "evaluate=callable" in failure["reason"]
+    assert result.failures == 2
+    reasons = {f["task"]: f["reason"] for f in result.run["failures"]}
+    assert (
+        "carries no evaluate" in reasons["hooktest/bare"] and "evaluate=callable" in reasons["hooktest/bare"]
+    )
+    assert "returned dict, not an EvalResult" in reasons["hooktest/dict"]
 
 
 def test_task_methods_must_be_methods(manager: pluggy.PluginManager) -> None:
