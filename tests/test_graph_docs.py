@@ -31,4 +31,4 @@ def test_refine_node_embeddings_section_runs(tmp_path, monkeypatch, capsys):
     assert "z=[34, 32]" in out
     assert "structure-aware SimSkip  probe accuracy" in out
     assert "reloaded refiner gives identical embeddings: True" in out
-    assert (tmp_path / "karate-refiner" / "graph.json").is_file()
+    assert (tmp_path / "karate-refiner" / "config.json").is_file()

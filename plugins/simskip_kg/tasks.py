@@ -55,12 +55,13 @@ RELATIONS = "relations"
 
 def _loader(dataset: str, model: str) -> Any:
     def load(options: LoadOptions) -> TaskData:
-        from pykeen.datasets import get_dataset
-
+        from simskip_kg.datasets import load_dataset
         from simskip_kg.embeddings import extract_entity_vectors
         from simskip_kg.training import ModelSpec, load_or_train
 
-        ds = get_dataset(dataset=DATASETS[dataset][0])
+        ds = load_dataset(
+            DATASETS[dataset][0]
+        )  # from the wheel's files; PyKEEN's pickled cache is never read
         spec = ModelSpec(
             dataset=dataset,
             model=model,

@@ -28,7 +28,6 @@ from simskip_core.baselines import baseline_resolver
 from simskip_core.plugins import all_tasks
 from simskip_core.tasks import LoadOptions
 from simskip_vision.extract import CACHE_NAMESPACE
-from simskip_vision.tasks import evaluate
 
 __all__ = ["main", "measure_task"]
 
@@ -93,8 +92,8 @@ def measure_task(
                 model = SimSkip(**spec, seed=seed, progress=progress).fit(x_train)
                 z_train, z_test = model.transform(x_train), model.transform(x_test)
             fit_seconds.setdefault(method, []).append(time.perf_counter() - tic)
-            scores = evaluate(task, data, z_train, z_test, seed)
-            assert scores is not None
+            assert task.evaluate is not None
+            scores = task.evaluate(data, z_train, z_test, seed, {})
             for metric, value in scores.metrics.items():
                 rows.setdefault(method, {}).setdefault(metric, []).append(value)
     return {
