@@ -12,9 +12,10 @@ folder of Parquet files (``--files`` files, an int64 ``id`` column and a fixed-s
 * ``parquet``: :func:`simskip_core.scale.parquet.refine_parquet` folder -> folder, one process.
 
 Every pass computes with 1 torch thread. Peak memory: each process's own VmHWM (its largest resident
-set). For ``ray`` it is read from every Ray worker process (``ray::`` in its command line) when the job
-has finished and before ``ray.shutdown``, and the largest is reported with the driver's. The outputs of
-``ray`` and ``parquet`` are checked bit for bit against ``SimSkip.transform`` on a sample of rows.
+set). For ``ray`` every Ray worker process (``ray::`` in its command line) is sampled every 0.25 s
+during the job: its VmHWM, and the largest private (RssAnon) and object-store (RssShmem) parts seen;
+the driver's VmHWM is reported apart. The outputs of ``ray`` and ``parquet`` are checked bit for bit
+against ``SimSkip.transform`` on a sample of rows.
 
     python benchmarks/bench_engines.py --rows 2000000 --dir /tmp/simskip-engines   # ~12 GB of disk
     python benchmarks/bench_engines.py --rows 100000 --dir /tmp/e                    # quick
@@ -28,6 +29,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -96,21 +98,68 @@ def _vm_hwm_mb(pid: int | str = "self") -> float | None:
     return None
 
 
-def _ray_workers() -> dict[str, float]:
-    """VmHWM (MiB) of every Ray worker process on this machine, by 'pid name'."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if cmdline.startswith("ray::"):
-            peak = _vm_hwm_mb(entry.name)
-            if peak is not None:
-                found[f"{entry.name} {cmdline.split()[0][:60]}"] = peak
-    return found
+def _status(pid: str) -> dict[str, int]:
+    """VmHWM, RssAnon and RssShmem (KiB) of a process; empty when it is gone."""
+    fields = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "RssAnon", "RssShmem"):
+                fields[key] = int(value.split()[0])
+    except OSError:
+        pass
+    return fields
+
+
+class RayWorkerSampler(threading.Thread):
+    """Samples every Ray worker process (``ray::`` in its command line) until stopped.
+
+    VmHWM is each process's own peak resident set, so sampling misses nothing of it while the process
+    lives; RssAnon (private memory) and RssShmem (object-store pages it mapped) are current values, whose
+    largest samples are kept.
+    """
+
+    def __init__(self, interval: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.stop = threading.Event()
+        self.seen: dict[str, dict[str, Any]] = {}
+
+    def run(self) -> None:
+        """Sample until :attr:`stop` is set."""
+        while not self.stop.wait(self.interval):
+            self.sample()
+
+    def sample(self) -> None:
+        """One pass over /proc."""
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if not cmdline.startswith("ray::"):
+                continue
+            record = self.seen.setdefault(entry.name, {"names": [], "VmHWM": 0, "RssAnon": 0, "RssShmem": 0})
+            name = cmdline.split()[0]
+            if name not in record["names"]:
+                record["names"].append(name)
+            for key, value in _status(entry.name).items():
+                record[key] = max(record[key], value)
+
+    def report(self) -> list[dict[str, Any]]:
+        """Per worker process: its names over time and peaks in MiB, largest VmHWM first."""
+        rows = [
+            {
+                "names": r["names"],
+                "peak_rss_mb": r["VmHWM"] / 1024,
+                "max_private_mb": r["RssAnon"] / 1024,
+                "max_object_store_mb": r["RssShmem"] / 1024,
+            }
+            for r in self.seen.values()
+        ]
+        return sorted(rows, key=lambda row: -row["peak_rss_mb"])
 
 
 class OneThreadRefineBatches(RefineBatches):
@@ -153,6 +202,8 @@ def child(phase: str, folder: Path, model_dir: Path) -> None:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         result["ray_init_seconds"] = time.perf_counter() - tic
+        sampler = RayWorkerSampler()
+        sampler.start()
         tic = time.perf_counter()
         ray.data.read_parquet(str(folder / "in-parquet")).map_batches(
             OneThreadRefineBatches,
@@ -162,9 +213,13 @@ def child(phase: str, folder: Path, model_dir: Path) -> None:
             batch_size=BATCH,
         ).write_parquet(str(folder / "out-ray"))
         result["seconds"] = time.perf_counter() - tic
-        workers = _ray_workers()
-        result["worker_peak_rss_mb"] = workers
-        result["max_worker_peak_rss_mb"] = max(workers.values(), default=None)
+        sampler.stop.set()
+        sampler.join()
+        sampler.sample()
+        workers = sampler.report()
+        result["workers"] = workers
+        result["max_worker_peak_rss_mb"] = max((w["peak_rss_mb"] for w in workers), default=None)
+        result["max_worker_private_mb"] = max((w["max_private_mb"] for w in workers), default=None)
         ray.shutdown()
     result["peak_rss_mb"] = _vm_hwm_mb()
     print(json.dumps(result))

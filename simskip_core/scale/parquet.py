@@ -258,7 +258,7 @@ def _refine_file(
     partial = dst.with_name(f".{dst.name}{_PARTIAL_SUFFIX}")
     rows = 0
     try:
-        reader = pq.ParquetFile(src)
+        reader = pq.ParquetFile(src, pre_buffer=False)  # pre-buffering holds a whole row group twice
         schema = _output_schema(reader.schema_arrow, refiner, out_dim, record)
         with pq.ParquetWriter(partial, schema) as writer:
             for batch in reader.iter_batches(batch_size=batch_rows):
