@@ -272,12 +272,12 @@ def random_walk_skipgram(
             sparse=True,
         )
         loader = model.loader(batch_size=batch_size, shuffle=True)
-        opt = torch.optim.SparseAdam(list(model.parameters()), lr=lr)
+        sparse_opt = torch.optim.SparseAdam(list(model.parameters()), lr=lr)
         for _ in tqdm(range(epochs), desc="node2vec", disable=not progress, leave=False):
             for pos_rw, neg_rw in loader:
-                opt.zero_grad()
+                sparse_opt.zero_grad()
                 model.loss(pos_rw, neg_rw).backward()
-                opt.step()
+                sparse_opt.step()
         return model.embedding.weight.detach().numpy().astype(np.float32)
     model = WalkSkipGram(ei, num_nodes, dim, walk_length, context_size, walks_per_node)
     if num_nodes > WalkSkipGram.DENSE_LIMIT:

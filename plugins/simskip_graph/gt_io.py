@@ -31,11 +31,19 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal, cast
 
 import numpy as np
 
 from simskip_core.errors import SimSkipError
+
+
+def _byte_order(endian: str) -> Literal["<", ">", "="]:
+    """``endian`` ("<", ">" or "=", as the struct format uses it) typed for ``np.dtype.newbyteorder``."""
+    if endian not in ("<", ">", "="):
+        raise ValueError(f"unknown byte order {endian!r}; expected '<', '>' or '='.")
+    return cast(Literal["<", ">", "="], endian)
+
 
 __all__ = ["GT_MAGIC", "GTFormatError", "GTGraph", "read_gt", "write_gt"]
 
@@ -133,7 +141,7 @@ class _Reader:
         return n
 
     def array(self, code: str, n: int, what: str) -> np.ndarray:
-        dtype = np.dtype(code).newbyteorder(self.endian)
+        dtype = np.dtype(code).newbyteorder(_byte_order(self.endian))
         raw = self.take(n * dtype.itemsize, what)
         return np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("="))
 
@@ -310,7 +318,7 @@ def _infer_type(values: Any) -> int:
 def _write_values(out: io.BytesIO, type_byte: int, values: Any, endian: str) -> None:
     if type_byte in (0, 1, 2, 3, 4):
         code = {0: "u1", 1: "i2", 2: "i4", 3: "i8", 4: "f8"}[type_byte]
-        out.write(np.asarray(values).astype(np.dtype(code).newbyteorder(endian)).tobytes())
+        out.write(np.asarray(values).astype(np.dtype(code).newbyteorder(_byte_order(endian))).tobytes())
     elif type_byte == 6:
         for v in values:
             raw = str(v).encode("utf-8")
@@ -353,7 +361,7 @@ def write_gt(
     width = (
         1 if num_vertices <= 0xFF else 2 if num_vertices <= 0xFFFF else 4 if num_vertices <= 0xFFFFFFFF else 8
     )
-    code = np.dtype({1: "u1", 2: "u2", 4: "u4", 8: "u8"}[width]).newbyteorder(endian)
+    code = np.dtype({1: "u1", 2: "u2", 4: "u4", 8: "u8"}[width]).newbyteorder(_byte_order(endian))
     order = np.argsort(edges[:, 0], kind="stable")
     counts = np.bincount(edges[:, 0], minlength=num_vertices)
     targets = edges[order, 1]
@@ -362,7 +370,7 @@ def write_gt(
         k = int(counts[v])
         out.write(struct.pack(endian + "Q", k) + targets[start : start + k].astype(code).tobytes())
         start += k
-    props = [(0, k, [v]) for k, v in (graph_properties or {}).items()]
+    props: list[tuple[int, str, Any]] = [(0, k, [v]) for k, v in (graph_properties or {}).items()]
     props += [(1, k, v) for k, v in (vertex_properties or {}).items()]
     props += [
         (2, k, np.asarray(v)[order] if isinstance(v, np.ndarray) else [v[i] for i in order])
@@ -394,8 +402,8 @@ def _label_codes(values: Any, name: str, source: str) -> tuple[np.ndarray, list[
     if isinstance(values, np.ndarray):
         if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
             raise GTFormatError(f"{source}: label property {name!r} holds NaN or Inf values.")
-        classes, codes = np.unique(values, return_inverse=True)
-        names = [str(int(c)) if float(c).is_integer() else str(c) for c in classes]
+        distinct, codes = np.unique(values, return_inverse=True)
+        names = [str(int(c)) if float(c).is_integer() else str(c) for c in distinct]
         return codes.astype(np.int64), names
     if all(isinstance(v, str) for v in values):
         classes = sorted(set(values))

@@ -64,6 +64,7 @@ def measure(
     cells: dict[str, Any] = {}
     for dataset in datasets:
         ds = load_dataset(dataset)
+        assert ds.validation is not None  # the shipped datasets have a validation split
         filters = [ds.training.mapped_triples, ds.validation.mapped_triples]
         for model_name in models:
             for seed in seeds:

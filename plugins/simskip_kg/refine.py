@@ -149,6 +149,8 @@ def refine_pykeen(
         return final, None
     assert inp.dataset is not None
     ds = inp.dataset
+    if ds.validation is None:
+        raise ValueError(f"dataset {ds!r} has no validation split; the filtered evaluation needs one.")
     filters = [ds.training.mapped_triples, ds.validation.mapped_triples]
     tic = time.perf_counter()
     results = {

@@ -76,7 +76,7 @@ def _loader(dataset: str, model: str) -> Any:
             progress=options.progress,
         )
         vectors, layout = extract_entity_vectors(kg_model)
-        id_to_entity = {i: label for label, i in ds.training.entity_to_id.items()}
+        id_to_entity = {i: label for label, i in ds.entity_to_id.items()}
         meta = {
             "domain": "kg",
             "dataset": dataset,

@@ -119,7 +119,7 @@ def efficientnet_pytorch_to_timm(
             f"{origin} uses efficientnet_pytorch key names, which map only onto a timm EfficientNet; "
             f"timm model {arch!r} has no 'blocks' stages. Use an EfficientNet architecture such as 'efficientnet_lite0'."
         )
-    flat = [(s, j) for s, stage in enumerate(blocks) for j in range(len(stage))]
+    flat = [(s, j) for s, stage in enumerate(blocks) for j in range(len(list(stage.children())))]
     target = model.state_dict()
     classifier = _classifier_keys(model)
     problems: list[str] = []
