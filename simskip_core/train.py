@@ -27,6 +27,7 @@ from simskip_core.augment import Augmentation, Compose, FeatureMask, GaussianNoi
 from simskip_core.errors import CorruptModelError
 from simskip_core.losses.base import ContrastiveLoss
 from simskip_core.pairs import PairSignal
+from simskip_core.progress import bar_disabled
 from simskip_core.refiner import SkipRefiner
 
 if TYPE_CHECKING:
@@ -734,7 +735,7 @@ def fit_refiner(
         initial=start_epoch,
         desc="simskip fit" if world == 1 else f"simskip fit ({world} ranks)",
         unit="epoch",
-        disable=not config.progress or not info.is_main,
+        disable=bar_disabled(config.progress and info.is_main),
     )
     try:
         for epoch in range(start_epoch, config.epochs):

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from simskip_core.progress import bar_disabled
 from simskip_graph.ops import check_edge_index, check_node_features
 
 __all__ = [
@@ -100,7 +101,7 @@ def deep_graph_infomax(
     )
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     best, best_state, stale = float("inf"), None, 0
-    for _ in tqdm(range(epochs), desc="DGI", disable=not progress, leave=False):
+    for _ in tqdm(range(epochs), desc="DGI", disable=bar_disabled(progress), leave=False):
         model.train()
         opt.zero_grad()
         pos, neg, summary = model(x, edge_index)
@@ -273,7 +274,7 @@ def random_walk_skipgram(
         )
         loader = model.loader(batch_size=batch_size, shuffle=True)
         sparse_opt = torch.optim.SparseAdam(list(model.parameters()), lr=lr)
-        for _ in tqdm(range(epochs), desc="node2vec", disable=not progress, leave=False):
+        for _ in tqdm(range(epochs), desc="node2vec", disable=bar_disabled(progress), leave=False):
             for pos_rw, neg_rw in loader:
                 sparse_opt.zero_grad()
                 model.loss(pos_rw, neg_rw).backward()
@@ -285,7 +286,7 @@ def random_walk_skipgram(
         opt: torch.optim.Optimizer = torch.optim.SparseAdam(list(model.parameters()), lr=lr)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in tqdm(range(epochs), desc="skip-gram", disable=not progress, leave=False):
+    for _ in tqdm(range(epochs), desc="skip-gram", disable=bar_disabled(progress), leave=False):
         order = rng.permutation(num_nodes)
         for start in range(0, num_nodes, batch_size):
             pos_rw, neg_rw = model.sample(order[start : start + batch_size], rng)
@@ -331,7 +332,7 @@ def supervised_gcn_hidden(
     params = list(conv1.parameters()) + list(conv2.parameters())
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     drop = nn.Dropout(dropout)
-    for _ in tqdm(range(epochs), desc="GCN", disable=not progress, leave=False):
+    for _ in tqdm(range(epochs), desc="GCN", disable=bar_disabled(progress), leave=False):
         drop.train()
         opt.zero_grad()
         h = torch.relu(conv1(drop(x), edge_index))

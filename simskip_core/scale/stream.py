@@ -48,6 +48,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from simskip_core.apply import CPU_BLOCK_ROWS, apply_module
+from simskip_core.progress import bar_disabled
 from simskip_core.scale.distributed import default_device, dist_info
 
 __all__ = ["NpySource", "StreamResult", "model_fingerprint", "stream_apply", "stream_apply_from_args"]
@@ -650,7 +651,7 @@ def _run(
         desc="simskip apply" if world_size == 1 else f"simskip apply (rank {rank}/{world_size})",
         unit="row",
         unit_scale=True,
-        disable=not progress,
+        disable=bar_disabled(progress),
     )
 
     def write(i: int, out: np.ndarray) -> None:
