@@ -49,7 +49,7 @@ from simskip_core import criteria
 from simskip_core.api import DEFAULT_AUGMENT
 from simskip_core.bench.config import BenchConfig, parse_seeds, select_methods, select_tasks
 from simskip_core.bench.methods import NotApplicable, core_methods, task_pairs
-from simskip_core.bench.runner import _evaluate  # the suite's own evaluation (task.evaluate or the hook)
+from simskip_core.bench.runner import evaluate_output as _evaluate  # the suite's own evaluation
 from simskip_core.bench.stats import MethodRecord, PairedBootstrap
 from simskip_core.embeddings import EmbeddingSet
 from simskip_core.tasks import LoadOptions, Method, MethodOutput, Task, TaskData

@@ -105,7 +105,7 @@ class BenchResult:
     markdown: str = ""
 
 
-def _evaluate(task: Task, data: TaskData, out: MethodOutput, seed: int) -> EvalResult:
+def evaluate_output(task: Task, data: TaskData, out: MethodOutput, seed: int) -> EvalResult:
     """Score ``out`` with the task's own ``evaluate``, or, for a task that carries none, with the
     ``simskip_evaluate`` hook (the fallback for tasks written before tasks carried their evaluator)."""
     if task.evaluate is not None:
@@ -340,7 +340,7 @@ class Runner:
             if reused in evals:
                 metrics, items = dict(evals[reused][0]), dict(evals[reused][1])
             else:
-                result = _evaluate(task, data, out, run_seed)
+                result = evaluate_output(task, data, out, run_seed)
                 metrics, items = dict(result.metrics), dict(result.items)
                 if seed is None:
                     evals[method.name] = (dict(metrics), dict(items))
