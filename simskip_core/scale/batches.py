@@ -184,19 +184,20 @@ class RefineBatches:
 
     # ------------------------------------------------------------------ pandas
     def _map_pandas(self, frame: Any) -> Any:
-        series = self._get(frame, list(frame.columns))
-        ids = self._ids_from(frame) if self.id_column is not None else _IndexLabels(frame)
-        dtype = series.dtype
-        if type(dtype).__name__ == "ArrowDtype":  # a pyarrow-backed list column
-            import pyarrow as pa
-
-            x = _arrow_rows(pa.chunked_array(series.array), self, ids, 0)
-        else:
-            x = _stack_rows(series.to_numpy(), self, ids, 0)
-        out = self.refine(x, ids)
         import pandas as pd
 
-        return frame.assign(**{self.out_column: pd.Series(list(out), index=frame.index, dtype=object)})
+        series = self._get(frame, list(frame.columns))
+        ids = self._ids_from(frame) if self.id_column is not None else _IndexLabels(frame)
+        if isinstance(series.dtype, pd.ArrowDtype):  # a pyarrow-backed list column (Ray's pandas batches)
+            import pyarrow as pa
+
+            out = self.refine(_arrow_rows(pa.array(series), self, ids, 0), ids)
+            vectors = pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1)), out.shape[1])
+            column = pd.Series(pd.arrays.ArrowExtensionArray(vectors), index=frame.index)
+        else:  # an object column of 1-D arrays (Spark's mapInPandas) or a 2-D extension array
+            out = self.refine(_stack_rows(series.to_numpy(), self, ids, 0), ids)
+            column = pd.Series(list(out), index=frame.index, dtype=object)
+        return frame.assign(**{self.out_column: column})
 
     # ------------------------------------------------------------------ helpers
     def _get(self, batch: Any, names: list[Any], getter: Any = None) -> Any:
