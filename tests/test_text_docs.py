@@ -30,3 +30,16 @@ def test_quick_start_runs_and_reloads_identically(tmp_path, monkeypatch, capsys)
     assert "SimSkipStage" in out and "(2, 384)" in out and "identical embeddings" in out
     assert (tmp_path / "my-refined-model" / "modules.json").is_file()
     assert list((tmp_path / "simskip-cache" / "text-embeddings").glob("*.npz"))
+
+
+@pytest.mark.slow
+def test_portable_export_example_runs(tmp_path, monkeypatch, capsys):
+    section = DOC.read_text(encoding="utf-8").split("## A refined model anyone can load", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S)
+    assert code, "the portable export section must hold a python code block"
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code.group(1), str(DOC), "exec"), {"__name__": "__docs__"})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "True" and lines[1].startswith("simskip/all-MiniLM-L6-v2-simskip-")
+    modules = (tmp_path / "portable-model" / "modules.json").read_text()
+    assert "SimSkipStage" not in modules and "sentence_transformers.base.modules.dense.Dense" in modules

@@ -29,6 +29,8 @@ __all__ = [
     "load_refined_model",
     "model_fingerprint",
     "refine_model",
+    "save_refined_model",
+    "to_portable",
 ]
 
 _EXPORTS = {
@@ -40,6 +42,8 @@ _EXPORTS = {
     "UnsafeModelError": "simskip_text.load",
     "check_refined_folder": "simskip_text.load",
     "load_refined_model": "simskip_text.load",
+    "save_refined_model": "simskip_text.export",
+    "to_portable": "simskip_text.export",
     "encode_texts": "simskip_text.extract",
     "load_default_model": "simskip_text.extract",
     "model_fingerprint": "simskip_text.extract",

@@ -128,6 +128,7 @@ def load_refined_model(path: str | Path, **kwargs: Any) -> SentenceTransformer:
     The folder is checked first (:func:`check_refined_folder`); it is then loaded with
     ``trust_remote_code=False``: sentence-transformers' own modules come from the installed
     ``sentence_transformers`` package and the SimSkip stage from the installed ``simskip_text``.
+    The refined model's name and base model are read back from its model card (README.md).
 
     Args:
         path: the local folder.
@@ -140,6 +141,7 @@ def load_refined_model(path: str | Path, **kwargs: Any) -> SentenceTransformer:
     """
     from sentence_transformers import SentenceTransformer
 
+    from simskip_text.export import restore_card
     from simskip_text.module import SimSkipStage
 
     if kwargs.pop("trust_remote_code", False):
@@ -152,10 +154,13 @@ def load_refined_model(path: str | Path, **kwargs: Any) -> SentenceTransformer:
     kwargs.setdefault("local_files_only", True)
     load_with_classes = getattr(SentenceTransformer, "_load_with_module_classes", None)
     if load_with_classes is not None:
-        return load_with_classes(str(folder), {STAGE_TYPE: SimSkipStage}, trust_remote_code=False, **kwargs)
-    # sentence-transformers before the module_classes seam: the stage's class can only be resolved with the
-    # flag; the checks above leave it nothing to import but installed packages.
-    logger.info(
-        "this sentence-transformers has no module_classes seam; loading %s with trust_remote_code", folder
-    )
-    return SentenceTransformer(str(folder), trust_remote_code=True, **kwargs)
+        model = load_with_classes(str(folder), {STAGE_TYPE: SimSkipStage}, trust_remote_code=False, **kwargs)
+    else:
+        # sentence-transformers before the module_classes seam: the stage's class can only be resolved with
+        # the flag; the checks above leave it nothing to import but installed packages.
+        logger.info(
+            "this sentence-transformers has no module_classes seam; loading %s with trust_remote_code", folder
+        )
+        model = SentenceTransformer(str(folder), trust_remote_code=True, **kwargs)
+    restore_card(model, folder)
+    return model

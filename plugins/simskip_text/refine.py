@@ -62,10 +62,15 @@ def attach_simskip(
         inplace: modify ``model`` itself; by default a deep copy is refined and ``model`` is untouched.
         normalize: L2-normalise the stage's output; default: when the pipeline ends in ``Normalize``.
 
+    The result's ``model_card_data`` names the refined model (``simskip/<base>-simskip-<digest>``, never
+    the base model's name), records the base model and carries the ``simskip`` tag; save it with
+    :func:`simskip_text.save_refined_model` for a folder plain ``SentenceTransformer(path)`` reloads.
+
     Raises:
         ValueError: ``model`` already has a stage, or its embedding dimension differs from the one
             ``simskip`` was fitted on.
     """
+    from simskip_text.export import describe_refinement
     from simskip_text.module import SimSkipStage, pipeline_normalizes
 
     _check_model(model)
@@ -85,6 +90,7 @@ def attach_simskip(
     stage = SimSkipStage(simskip if inplace else copy.deepcopy(simskip), normalize=normalize)
     stage.to(target.device)
     target.append(stage)
+    describe_refinement(target, stage.simskip)
     return target
 
 
