@@ -8,6 +8,7 @@ Python traceback instead.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import secrets
@@ -143,6 +144,17 @@ def _add_refine(sub: Any) -> None:
         "--device", default=None, help="cpu, cuda, cuda:1, ... for training and --stream (default: auto)"
     )
     refine.add_argument("--bf16", action="store_true", help="with --stream on a GPU: bf16 autocast")
+    parquet = refine.add_argument_group(
+        "Parquet",
+        "IN may be a .parquet file or a folder of them (with --model): one output file per input "
+        "file under OUT, other columns kept, resumable file by file",
+    )
+    parquet.add_argument("--column", default="embedding", help="the embedding column (default: embedding)")
+    parquet.add_argument(
+        "--out-column", default=None, help="write refined vectors here (default: replace --column)"
+    )
+    parquet.add_argument("--id-column", default=None, help="name bad rows by this column's values")
+    parquet.add_argument("--batch-rows", type=int, default=65536, help="rows read and refined at a time")
     refine.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -320,9 +332,36 @@ def _check_device(device: str | None) -> None:
             )
 
 
+def _is_parquet(path: Path) -> bool:
+    """``path`` is a Parquet file or a folder holding Parquet files."""
+    if path.is_dir():
+        return any(path.rglob("*.parquet"))
+    return path.suffix == ".parquet"
+
+
+def _check_parquet(args: argparse.Namespace) -> None:
+    """Parquet input applies a saved model to a file or folder; ``refine_parquet`` checks OUT itself."""
+    if args.model is None:
+        raise ValueError(
+            f"{args.input} is Parquet: simskip refines Parquet with a saved model. Fit one on a .npy sample "
+            "(simskip refine sample.npy --save-model DIR), then pass --model DIR."
+        )
+    if args.output is None:
+        raise ValueError("give OUT: the file (or folder, for a folder of Parquet files) to write.")
+    if args.stream:
+        raise ValueError("Parquet input is always streamed file by file and batch by batch; drop --stream.")
+    if not args.model.is_dir():
+        raise FileNotFoundError(
+            f"--model {args.model} is not a folder; give a folder written by --save-model."
+        )
+
+
 def _check_refine(args: argparse.Namespace) -> None:
     """Every check that needs no training, so that a mistake fails at once and changes nothing."""
     _check_options(args)
+    if args.input.exists() and _is_parquet(args.input):
+        _check_parquet(args)
+        return
     _check_input(args.input, "input", shards=args.stream and args.model is not None)
     for path, what in ((args.labels, "labels"), (args.pairs, "pairs")):
         if path is not None:
@@ -378,9 +417,49 @@ def _build_model(args: argparse.Namespace, *, is_main: bool) -> Any:
     return SimSkip(**params, device=args.device, progress=not args.quiet and is_main)
 
 
+def _refine_parquet(args: argparse.Namespace, *, is_main: bool) -> int:
+    """Apply ``--model`` to a Parquet file or folder (rank 0 only under torchrun)."""
+    from simskip_core.scale.parquet import refine_parquet
+
+    if not is_main:
+        return 0
+    summary = refine_parquet(
+        args.model,
+        args.input,
+        args.output,
+        column=args.column,
+        out_column=args.out_column,
+        id_column=args.id_column,
+        batch_rows=args.batch_rows,
+        overwrite=args.overwrite,
+        resume=not args.no_resume,
+        progress=not args.quiet,
+    )
+    print(json.dumps(dataclasses.asdict(summary), default=str))
+    return 0
+
+
+def _fit_summary(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """What a training run without OUT prints: where the model went and how training went."""
+    history = model.history_
+    last = history[-1] if history else {}
+    summary = {
+        "saved": str(args.save_model),
+        "epochs": len(history),
+        "train_loss": last.get("train_loss"),
+        "val": last.get("val"),
+        "epoch_seconds": [h.get("seconds") for h in history],
+    }
+    if "WORLD_SIZE" in os.environ:
+        summary["world_size"] = int(os.environ["WORLD_SIZE"])
+    return summary
+
+
 def _refine_local(args: argparse.Namespace, *, is_main: bool) -> int:
     from simskip_core.api import SimSkip
 
+    if _is_parquet(args.input):
+        return _refine_parquet(args, is_main=is_main)
     if args.stream and args.model is not None:
         return _stream(args, SimSkip.load(args.model), is_main)
     x = _load_npy(args.input, "input")
@@ -398,7 +477,7 @@ def _refine_local(args: argparse.Namespace, *, is_main: bool) -> int:
     if not is_main:
         return 0
     if refined is None:
-        print(json.dumps({"saved": str(args.save_model), "epochs": len(model.history_)}))
+        print(json.dumps(_fit_summary(args, model)))
         return 0
     _write_npy(args.output, refined)
     summary = {"output": str(args.output), "shape": list(refined.shape), "applied": model.chosen}

@@ -97,3 +97,46 @@ def test_refine_stream_writes_the_same_rows_as_transform(blobs, tmp_path, capsys
     expected = SimSkip.load(tmp_path / "m").transform(x)
     assert np.array_equal(np.load(streamed), expected)
     assert np.array_equal(np.load(tmp_path / "fit.npy"), expected)
+
+
+def test_refine_applies_a_model_to_a_parquet_folder(tmp_path, capsys) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from simskip_core.api import SimSkip
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    model = SimSkip(epochs=2, batch_size=64, progress=False).fit(x)
+    model.save(tmp_path / "m")
+    (tmp_path / "in").mkdir()
+    for i, part in enumerate((x[:120], x[120:])):
+        table = pa.table({"id": np.arange(len(part)) + 1000 * i, "embedding": list(part)})
+        pq.write_table(table, tmp_path / "in" / f"part-{i}.parquet")
+    code = main(
+        ["refine", str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(tmp_path / "m"), "--quiet"]
+    )
+    assert code == 0, capsys.readouterr().err
+    got = pq.read_table(tmp_path / "out" / "part-1.parquet")
+    assert got.column("id").to_pylist() == list(range(1000, 1180))
+    refined = np.stack(got.column("embedding").to_numpy(zero_copy_only=False))
+    assert np.array_equal(refined, model.transform(x[120:]))
+
+
+def test_parquet_input_needs_a_saved_model(tmp_path, capsys) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"embedding": [np.zeros(4, np.float32)]}), tmp_path / "x.parquet")
+    assert main(["refine", str(tmp_path / "x.parquet"), str(tmp_path / "o.parquet"), "--epochs", "2"]) == 2
+    assert "--model" in capsys.readouterr().err
+
+
+def test_training_without_out_prints_the_epoch_timings(tmp_path, capsys) -> None:
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32))
+    code = main(
+        ["refine", str(tmp_path / "x.npy"), "--save-model", str(tmp_path / "m"), "--epochs", "2", "--quiet"]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["epochs"] == 2 and len(summary["epoch_seconds"]) == 2
