@@ -14,6 +14,10 @@ nothing here looks at the test split except to apply an already fitted map to it
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -27,9 +31,13 @@ from simskip_core.selection import Probe
 from simskip_core.tasks import Method, MethodOutput, Task, TaskData
 
 __all__ = [
+    "AUTO_FROM_REFINED",
+    "FitMemo",
     "NotApplicable",
+    "auto_from_refined",
     "core_methods",
     "default_probe",
+    "fit_memo",
     "probe_uses_labels",
     "sample_shots",
     "simskip_kwargs",
@@ -42,6 +50,23 @@ _DEFAULT_SHOTS = 10
 _RESERVED_KWARGS = frozenset({"seed", "mode", "probe", "progress", "checkpoint_dir", "resume"})
 #: SimSkip keyword arguments that describe the refiner's architecture (shared with the random control).
 _ARCHITECTURE_KWARGS = ("hidden_dim", "depth", "activation", "dropout", "norm", "normalize_output")
+#: SimSkip parameters that do not change the trained refiner (auto mode's selection, display, resume).
+_NOT_TRAINING_PARAMS = frozenset(
+    {"mode", "probe", "alphas", "candidates", "n_splits", "progress", "checkpoint_dir", "resume"}
+)
+#: Attributes of a fitted SimSkip that describe its training (copied when auto mode reuses a refiner).
+_FITTED_ATTRIBUTES = (
+    "history_",
+    "fit_notes_",
+    "loss_state_",
+    "refiner_",
+    "dim_",
+    "signals_",
+    "uses_labels",
+    "module_",
+)
+
+logger = logging.getLogger(__name__)
 
 
 class NotApplicable(Exception):
@@ -177,6 +202,108 @@ def _output(
     return MethodOutput(train=train, test=test, fit_seconds=fit_seconds, info=info)
 
 
+# ---------------------------------------------------------------------------------------------- fit memo
+def _fingerprint(*arrays: np.ndarray | None) -> str:
+    digest = hashlib.sha256()
+    for arr in arrays:
+        if arr is None:
+            digest.update(b"none")
+            continue
+        arr = np.ascontiguousarray(arr)
+        digest.update(f"{arr.dtype}{arr.shape}".encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+class FitMemo:
+    """Refine-mode SimSkip models fitted within one (task, seed) cell, so no row trains one twice.
+
+    A model is keyed by its training parameters (``get_params()`` without what only auto mode's
+    selection or the display reads), its seed and a SHA-256 of the training vectors, pair signals and
+    labels it was fitted on. ``SimSkip.fit`` is seeded and deterministic on CPU, so a second fit with
+    the same key would train bitwise the same weights; :meth:`fit` returns the first one instead.
+    ``fits`` counts the models trained, ``reused`` the fits saved.
+    """
+
+    def __init__(self) -> None:
+        self._models: dict[str, SimSkip] = {}
+        self.fits = 0
+        self.reused = 0
+
+    @staticmethod
+    def key(
+        model: SimSkip,
+        x: np.ndarray,
+        pairs: Mapping[str, np.ndarray] | None = None,
+        labels: np.ndarray | None = None,
+    ) -> str:
+        """The memo key of fitting (unfitted) ``model`` on ``x`` with ``pairs`` and ``labels``."""
+        params = {k: v for k, v in model.get_params().items() if k not in _NOT_TRAINING_PARAMS}
+        names = sorted(pairs or {})
+        parts = [
+            json.dumps(params, sort_keys=True, default=repr),
+            json.dumps(names),
+            _fingerprint(x, labels, *((pairs or {})[name] for name in names)),
+        ]
+        return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+
+    def fit(
+        self,
+        kwargs: Mapping[str, Any],
+        seed: int,
+        x: np.ndarray,
+        *,
+        pairs: Mapping[str, np.ndarray] | None = None,
+        labels: np.ndarray | None = None,
+    ) -> tuple[SimSkip, bool]:
+        """The refine-mode ``SimSkip(**kwargs, seed=seed)`` fitted on ``x``; True when it was reused."""
+        model = SimSkip(**{**kwargs, "mode": "refine"}, seed=seed, progress=False)
+        key = self.key(model, x, pairs, labels)
+        if key in self._models:
+            self.reused += 1
+            return self._models[key], True
+        model.fit(x, pairs=pairs, labels=labels)
+        self.fits += 1
+        self._models[key] = model
+        return model, False
+
+
+def fit_memo(state: dict[str, Any]) -> FitMemo:
+    """The :class:`FitMemo` of a (task, seed) cell's shared ``state``, created on first use."""
+    memo = state.setdefault("fit_memo", FitMemo())
+    assert isinstance(memo, FitMemo)
+    return memo
+
+
+def auto_from_refined(
+    refined: SimSkip, x: np.ndarray, probe: Probe, kwargs: Mapping[str, Any], seed: int
+) -> SimSkip:
+    """``SimSkip(**kwargs, seed=seed, mode="auto", probe=probe)`` fitted on ``x`` without training
+    again: the refiner (and its history and loss state) of the already fitted refine-mode ``refined``
+    is copied in, then only auto mode's selection step runs.
+
+    Auto mode trains exactly the refine-mode refiner of the same parameters and seed before it
+    selects, so the result equals a full ``fit`` (``tests/test_fit_memo.py`` checks it bit for bit).
+    """
+    model = SimSkip(**kwargs, seed=seed, mode="auto", probe=probe, progress=False)
+    tic = time.perf_counter()
+    for name in _FITTED_ATTRIBUTES:
+        setattr(model, name, copy.deepcopy(getattr(refined, name)))
+    model.module_ = model.refiner_
+    model._select(np.asarray(x, dtype=np.float32), probe, None)  # fit() selects on its float32 rows
+    model.fit_seconds_ = float(refined.fit_seconds_ or 0.0) + time.perf_counter() - tic
+    return model
+
+
+#: The hook through which the auto row reuses a refiner another row of its (task, seed) cell already
+#: trained: ``AUTO_FROM_REFINED(refined, x, probe, kwargs, seed) -> SimSkip`` (fitted in auto mode).
+#: None (a :class:`SimSkip` without a separate selection step) makes the auto row fit in full.
+#: Point it at SimSkip's own API once SimSkip offers a public way to select on a prefitted refiner.
+AUTO_FROM_REFINED: Callable[[SimSkip, np.ndarray, Probe, Mapping[str, Any], int], SimSkip] | None = (
+    auto_from_refined if callable(getattr(SimSkip, "_select", None)) else None
+)
+
+
 # ---------------------------------------------------------------------------------------------- methods
 def _baseline(name: str) -> Callable[[Task, TaskData, int, dict[str, Any]], MethodOutput]:
     def run(task: Task, data: TaskData, seed: int, state: dict[str, Any]) -> MethodOutput:
@@ -194,16 +321,14 @@ def _fit_simskip(
     task: Task,
     data: TaskData,
     seed: int,
+    state: dict[str, Any],
     *,
     loss: str,
     pairs: Mapping[str, np.ndarray] | None = None,
     labels: np.ndarray | None = None,
-    **extra: Any,
 ) -> tuple[SimSkip, MethodOutput]:
     kwargs = simskip_kwargs(task, loss=loss)
-    kwargs.update(extra)
-    model = SimSkip(**kwargs, seed=seed, progress=False)
-    model.fit(data.train.vectors, pairs=pairs, labels=labels)
+    model, reused = fit_memo(state).fit(kwargs, seed, data.train.vectors, pairs=pairs, labels=labels)
     train, test, apply_seconds = _apply(model.transform, data)
     info: dict[str, Any] = {
         "chosen": model.chosen,
@@ -216,12 +341,14 @@ def _fit_simskip(
     }
     if model.selection_ is not None:
         info["selection_reason"] = model.selection_["reason"]
+    if reused:
+        info["fit_reused"] = True  # the same model was already trained in this (task, seed) cell
     return model, _output(train, test, float(model.fit_seconds_ or 0.0), apply_seconds, **info)
 
 
 def _simskip(loss: str) -> Callable[[Task, TaskData, int, dict[str, Any]], MethodOutput]:
     def run(task: Task, data: TaskData, seed: int, state: dict[str, Any]) -> MethodOutput:
-        return _fit_simskip(task, data, seed, loss=loss)[1]
+        return _fit_simskip(task, data, seed, state, loss=loss)[1]
 
     return run
 
@@ -230,14 +357,14 @@ def _run_multisimilarity(task: Task, data: TaskData, seed: int, state: dict[str,
     pairs = task_pairs(task, data)
     if not pairs:
         raise NotApplicable("the task supplies no pair signals (EmbeddingSet.pairs or Task.pair_signals)")
-    return _fit_simskip(task, data, seed, loss="multisimilarity", pairs=pairs)[1]
+    return _fit_simskip(task, data, seed, state, loss="multisimilarity", pairs=pairs)[1]
 
 
 def _run_pairs(task: Task, data: TaskData, seed: int, state: dict[str, Any]) -> MethodOutput:
     pairs = task_pairs(task, data)
     if not pairs:
         raise NotApplicable("the task supplies no pair signals (EmbeddingSet.pairs or Task.pair_signals)")
-    return _fit_simskip(task, data, seed, loss="ntxent", pairs=pairs)[1]
+    return _fit_simskip(task, data, seed, state, loss="ntxent", pairs=pairs)[1]
 
 
 def _run_auto(task: Task, data: TaskData, seed: int, state: dict[str, Any]) -> MethodOutput:
@@ -245,8 +372,13 @@ def _run_auto(task: Task, data: TaskData, seed: int, state: dict[str, Any]) -> M
     if probe is None:
         raise NotApplicable("the task has no default probe (Task.default_probe)")
     kwargs = simskip_kwargs(task)
-    model = SimSkip(**kwargs, seed=seed, mode="auto", probe=probe, progress=False)
-    model.fit(data.train.vectors)
+    reused = False
+    if AUTO_FROM_REFINED is not None:
+        refined, reused = fit_memo(state).fit(kwargs, seed, data.train.vectors)
+        model = AUTO_FROM_REFINED(refined, data.train.vectors, probe, kwargs, seed)
+    else:  # no separate selection step: auto mode trains its refiner itself
+        model = SimSkip(**kwargs, seed=seed, mode="auto", probe=probe, progress=False)
+        model.fit(data.train.vectors)
     train, test, apply_seconds = _apply(model.transform, data)
     assert model.selection_ is not None
     return _output(
@@ -258,6 +390,7 @@ def _run_auto(task: Task, data: TaskData, seed: int, state: dict[str, Any]) -> M
         selection_reason=model.selection_["reason"],
         probe=repr(probe),
         uses_labels=probe_uses_labels(probe),
+        refiner_reused=reused,
     )
 
 
@@ -267,7 +400,7 @@ def _run_random_residual(task: Task, data: TaskData, seed: int, state: dict[str,
     source = "simskip-ntxent of this (task, seed) cell"
     if shift is None:
         # simskip-ntxent was filtered out: fit it here (same defaults and seed, so the same model).
-        _model, out = _fit_simskip(task, data, seed, loss="ntxent")
+        _model, out = _fit_simskip(task, data, seed, state, loss="ntxent")
         shift = out.info["mean_shift"]
         source = "simskip-ntxent fitted by the control itself"
         state["simskip-ntxent"] = out.info
@@ -288,6 +421,7 @@ def _run_fewlabel_simskip(task: Task, data: TaskData, seed: int, state: dict[str
         task,
         data,
         seed,
+        state,
         loss=str(simskip_kwargs(task).get("loss", "ntxent")),
         labels=_masked_labels(data, shots),
     )[1]
