@@ -1,0 +1,257 @@
+"""A query-side adapter: the corpus stays as encoded, queries go through a map trained on labelled pairs.
+
+- :func:`fit_query_adapter`: a SimSkip map f(q) = q + g(q) (the core's :class:`SkipRefiner`, starting
+  as the identity) trained on k (query, relevant document) pairs with :func:`query_adapter_loss`, a
+  contrastive loss over in-batch and mined hard negatives against the *fixed* document embeddings.
+- :func:`fit_linear_adapter`: the baseline of LlamaIndex and Chroma, a linear map q W + b (W starts at
+  the identity) trained with a MultipleNegativesRanking-style loss (in-batch negatives only).
+- :func:`attach_query_adapter`: a ``SentenceTransformer`` whose ``encode_query`` applies the adapter and
+  whose ``encode_document`` does not, through sentence-transformers' ``Router``; the adapter is written as
+  built-in ``Dense`` modules, so ``SentenceTransformer(path)`` reloads both routes with no custom code.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from simskip_core.refiner import SkipRefiner
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Module
+
+__all__ = [
+    "attach_query_adapter",
+    "fit_linear_adapter",
+    "fit_query_adapter",
+    "mine_negatives",
+    "query_adapter_loss",
+]
+
+
+def query_adapter_loss(
+    queries: torch.Tensor,
+    positives: torch.Tensor,
+    negatives: torch.Tensor,
+    positive_ids: torch.Tensor,
+    *,
+    temperature: float = 0.05,
+) -> torch.Tensor:
+    """InfoNCE of adapted queries against in-batch positives and mined negatives.
+
+    Args:
+        queries: (b, d) adapted, L2-normalised queries.
+        positives: (b, d) normalised embeddings of each query's relevant document.
+        negatives: (b, m, d) normalised embeddings of each query's mined negative documents.
+        positive_ids: (b,) document ids of ``positives``; another row's positive with the same id is no
+            negative for this query and is masked out.
+        temperature: the softmax temperature.
+
+    Returns:
+        The mean over queries of ``-log softmax`` of the own positive among the batch's positives and the
+        query's own negatives.
+    """
+    in_batch = queries @ positives.T
+    same = positive_ids[:, None] == positive_ids[None, :]
+    in_batch = in_batch.masked_fill(same & ~torch.eye(len(queries), dtype=torch.bool), float("-inf"))
+    mined = torch.einsum("bd,bmd->bm", queries, negatives)
+    logits = torch.cat([in_batch, mined], dim=1) / temperature
+    return F.cross_entropy(logits, torch.arange(len(queries)))
+
+
+def mine_negatives(
+    queries: np.ndarray, docs: np.ndarray, relevant: list[np.ndarray], *, count: int
+) -> np.ndarray:
+    """(n, count) int64: per query, the ``count`` highest-scoring documents that are not relevant to it."""
+    sims = queries @ docs.T
+    for i, rel in enumerate(relevant):
+        sims[i, rel] = -np.inf
+    depth = min(count, docs.shape[0] - max(len(r) for r in relevant))
+    part = np.argpartition(-sims, depth - 1, axis=1)[:, :depth]
+    return np.asarray(part, dtype=np.int64)
+
+
+def _pair_arrays(relevant: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    rows = [(q, int(d)) for q, docs in enumerate(relevant) for d in docs]
+    pairs = np.array(rows, dtype=np.int64).reshape(-1, 2)
+    return pairs[:, 0], pairs[:, 1]
+
+
+def _unit(x: np.ndarray) -> torch.Tensor:
+    return F.normalize(torch.as_tensor(np.asarray(x, dtype=np.float32)), dim=-1)
+
+
+def _train(
+    adapter: nn.Module,
+    queries: np.ndarray,
+    docs: np.ndarray,
+    relevant: list[np.ndarray],
+    *,
+    negatives: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    temperature: float,
+    seed: int,
+) -> None:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    q, d = _unit(queries), _unit(docs)
+    query_ids, doc_ids = _pair_arrays(relevant)
+    mined = (
+        torch.as_tensor(mine_negatives(q.numpy(), d.numpy(), relevant, count=negatives))
+        if negatives
+        else None
+    )
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=lr, weight_decay=weight_decay)
+    adapter.train()
+    for _ in range(epochs):
+        order = rng.permutation(len(query_ids))
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            if len(rows) < 2:
+                continue
+            qi, di = torch.as_tensor(query_ids[rows]), torch.as_tensor(doc_ids[rows])
+            adapted = F.normalize(adapter(q[qi]), dim=-1)
+            neg = d[mined[qi]] if mined is not None else torch.zeros(len(rows), 0, d.shape[1])
+            loss = query_adapter_loss(adapted, d[di], neg, di, temperature=temperature)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    adapter.eval()
+
+
+def fit_query_adapter(
+    queries: np.ndarray,
+    docs: np.ndarray,
+    relevant: list[np.ndarray],
+    *,
+    negatives: int = 8,
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    temperature: float = 0.05,
+    hidden_dim: int | None = None,
+    seed: int = 0,
+) -> SkipRefiner:
+    """Train the SimSkip query map f(q) = q + g(q) (normalised output) on labelled pairs.
+
+    Args:
+        queries: (n, d) embeddings of the training queries.
+        docs: (N, d) the fixed document embeddings (never changed).
+        relevant: per training query, the indices of its relevant documents in ``docs``.
+        negatives: hard negatives mined per query (the top-scoring non-relevant documents under the raw
+            embeddings), in addition to the batch's other positives; 0 uses in-batch negatives only.
+        epochs, batch_size, lr, weight_decay, temperature: the AdamW optimisation and the InfoNCE temperature.
+        hidden_dim: width of g (default d).
+        seed: seed of initialisation and batch order.
+    """
+    if len(queries) != len(relevant):
+        raise ValueError(f"{len(queries)} queries but {len(relevant)} relevance lists; give one per query.")
+    torch.manual_seed(seed)
+    refiner = SkipRefiner(int(queries.shape[1]), hidden_dim=hidden_dim, normalize_output=True)
+    _train(
+        refiner,
+        queries,
+        docs,
+        relevant,
+        negatives=negatives,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        temperature=temperature,
+        seed=seed,
+    )
+    return refiner
+
+
+def fit_linear_adapter(
+    queries: np.ndarray,
+    docs: np.ndarray,
+    relevant: list[np.ndarray],
+    *,
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    temperature: float = 0.05,
+    seed: int = 0,
+) -> nn.Linear:
+    """The LlamaIndex / Chroma baseline: q -> q W^T + b (identity start), MultipleNegativesRanking loss
+    (each query against the batch's positives), on the same pairs as :func:`fit_query_adapter`."""
+    d = int(queries.shape[1])
+    linear = nn.Linear(d, d)
+    with torch.no_grad():
+        linear.weight.copy_(torch.eye(d))
+        linear.bias.zero_()
+    _train(
+        linear,
+        queries,
+        docs,
+        relevant,
+        negatives=0,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=0.0,
+        temperature=temperature,
+        seed=seed,
+    )
+    return linear
+
+
+def _adapter_modules(adapter: nn.Module) -> list[Module]:
+    from sentence_transformers.base.modules import Dense, Normalize
+
+    from simskip_text.export import portable_modules
+
+    if isinstance(adapter, SkipRefiner):
+        return portable_modules(adapter, normalize=True)
+    if isinstance(adapter, nn.Linear):
+        dense = Dense(
+            adapter.in_features,
+            adapter.out_features,
+            activation_function=nn.Identity(),
+            init_weight=adapter.weight.detach().clone(),
+            init_bias=adapter.bias.detach().clone(),
+        )
+        return [dense, Normalize()]
+    raise TypeError(f"adapter must be a SkipRefiner or an nn.Linear, got {type(adapter).__name__}.")
+
+
+def attach_query_adapter(
+    model: SentenceTransformer, adapter: nn.Module, **kwargs: Any
+) -> SentenceTransformer:
+    """A copy of ``model`` whose ``encode_query`` applies ``adapter`` and whose ``encode_document`` does not.
+
+    Both routes share the base model's modules (one copy of the transformer, saved once); the query
+    route appends the adapter as ``Dense`` modules and ``Normalize``. ``encode`` without a task uses the
+    document route. The copy is named as a refined model (``model_card_data``, ``simskip`` tag).
+
+    Args:
+        model: a ``SentenceTransformer`` whose (normalised) embeddings the adapter was trained on.
+        adapter: :func:`fit_query_adapter`'s refiner or :func:`fit_linear_adapter`'s linear map.
+        **kwargs: passed to the new ``SentenceTransformer`` (``device``, ...).
+    """
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Router
+
+    base = copy.deepcopy(model)
+    modules = list(base._modules.values())
+    router = Router.for_query_document(
+        query_modules=[*modules, *_adapter_modules(adapter)], document_modules=modules
+    )
+    adapted = SentenceTransformer(modules=[router], device=str(base.device), **kwargs)
+    card = adapted.model_card_data
+    card.base_model = base.model_card_data.base_model or model.model_card_data.model_name
+    card.add_tags(["simskip", "query-adapter"])
+    adapted.similarity_fn_name = base.similarity_fn_name
+    return adapted
