@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -172,14 +171,52 @@ def _save_projection(path: Path, data: TaskData, out: MethodOutput, method: str,
     write_npz_atomic(path, arrays)
 
 
+def unit_cells(methods: Sequence[Method], seeds: Sequence[int], seed: int) -> list[tuple[Method, int | None]]:
+    """The cells of one (task, seed) unit in run order: those of ``seed``, and, in the unit of the run's
+    first seed, the task's deterministic cells (as :func:`task_cells` interleaves them)."""
+    first = seed == seeds[0]
+    return [(m, s) for m, s in task_cells(methods, seeds) if s == seed or (s is None and first)]
+
+
+def _reset_random_state(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators, so a unit's results never depend on
+    which worker ran it or what that worker ran before."""
+    import random
+
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class UnitResult:
+    """What :meth:`Runner.run_unit` returns.
+
+    Attributes:
+        status: the task's status document when this unit loaded the task (None when the worker had
+            it loaded already).
+        failures: failed cells (and a failed load) of this unit.
+    """
+
+    status: dict[str, Any] | None
+    failures: int = 0
+
+
 class Runner:
+    """Runs (task, seed) units in one process, keeping each loaded task's data for its later units."""
+
     def __init__(self, config: BenchConfig, display: Display | QueueDisplay) -> None:
         self.config = config
         self.display = display
         self.store = CellStore(config.out)
         self.failures = 0
+        self._data: dict[str, TaskData] = {}
+        self._evals: dict[str, dict[str, tuple[dict[str, float], dict[str, ItemScores]]]] = {}
 
     def load_options(self) -> LoadOptions:
+        """The :class:`LoadOptions` every task of the run is loaded with."""
         options = LoadOptions(
             quick=self.config.quick, use_cache=self.config.use_cache, progress=not self.config.quiet, seed=0
         )
@@ -187,25 +224,76 @@ class Runner:
             options = replace(options, cache_dir=Path(self.config.cache_dir).expanduser())
         return options
 
-    def run_task(self, task: Task, methods: Sequence[Method]) -> dict[str, Any]:
-        """Load ``task`` (unless every cell is done) and run its unfinished cells; returns its status."""
-        self.display.start(task.name, len(task_cells(methods, self.config.seeds)))
-        try:
-            return self._run_task(task, methods)
-        finally:
-            self.display.finish(task.name)
+    def todo(self, task: Task, methods: Sequence[Method], seed: int) -> list[tuple[Method, int | None]]:
+        """The unfinished cells of the (task, seed) unit (a cell whose task defaults changed is unfinished)."""
+        keys = {m.name: config_key(task, m, self.config) for m in methods}
+        return [
+            (m, s)
+            for m, s in unit_cells(methods, self.config.seeds, seed)
+            if not is_done(self.store.read(task.name, m.name, s), keys[m.name])
+        ]
 
-    def _run_task(self, task: Task, methods: Sequence[Method]) -> dict[str, Any]:
-        config = self.config
-        status_path = config.out / "tasks" / f"{slug(task.name)}.json"
-        cells = task_cells(methods, config.seeds)
-        keys = {m.name: config_key(task, m, config) for m in methods}
-        todo = [(m, s) for m, s in cells if not is_done(self.store.read(task.name, m.name, s), keys[m.name])]
-        previous = json.loads(status_path.read_text(encoding="utf-8")) if status_path.is_file() else None
-        if not todo and previous is not None and previous.get("status") == "ok":
-            self.display.log(f"{task.name}: all {len(cells)} cells already done")
-            self.display.advance(task.name, len(cells))
-            return dict(previous)
+    @property
+    def loaded(self) -> set[str]:
+        """Names of the tasks whose data this process holds."""
+        return set(self._data)
+
+    def forget(self, name: str) -> None:
+        """Drop the loaded data of task ``name`` (it has no units left for this process)."""
+        self._data.pop(name, None)
+        self._evals.pop(name, None)
+
+    def run_unit(self, task: Task, methods: Sequence[Method], seed: int) -> UnitResult:
+        """Run the unfinished cells of the (task, seed) unit, loading the task unless this process
+        holds its data already. A load that fails (or finds the data missing) runs no cell."""
+        status = None
+        if task.name not in self._data:
+            status = self._load(task)
+            if status["status"] != "ok":
+                return UnitResult(status, int(status["status"] == "failed"))
+        data = self._data[task.name]
+        todo = self.todo(task, methods, seed)
+        cells = unit_cells(methods, self.config.seeds, seed)
+        self.display.advance(task.name, len(cells) - len(todo))
+        todo_set = {(m.name, s) for m, s in todo}
+        keys = {m.name: config_key(task, m, self.config) for m in methods}
+        evals = self._evals.setdefault(task.name, {})
+        state: dict[str, Any] = {"shots_per_class": self.config.shots}
+        failures = 0
+        _reset_random_state(seed)
+        for method, cell_seed in cells:
+            if (method.name, cell_seed) not in todo_set:
+                doc = self.store.read(task.name, method.name, cell_seed)
+                if doc is not None and doc.get("status") == "ok":
+                    state[method.name] = doc.get("info", {})
+                continue
+            self.display.describe(
+                task.name,
+                f"{task.name} · {method.name} · {DET if cell_seed is None else f'seed {cell_seed}'}",
+            )
+            doc = self.run_cell(task, data, method, cell_seed, state, keys[method.name], evals)
+            failures += doc["status"] == "failed"
+            self._log_cell(task, method, cell_seed, doc)
+            self.display.advance(task.name)
+        self.failures += failures
+        return UnitResult(status, failures)
+
+    def _log_cell(self, task: Task, method: Method, seed: int | None, doc: dict[str, Any]) -> None:
+        if doc["status"] == "failed":
+            self.display.log(f"[failed] {task.name} · {method.name} · seed {seed}: {doc['reason']}")
+        elif doc["status"] == "n/a":
+            if seed is None or seed == self.config.seeds[0]:
+                self.display.log(f"[n/a] {task.name} · {method.name}: {doc['reason']}")
+        elif self.config.quiet:
+            primary = doc["metrics"].get(task.primary_metric)
+            self.display.log(
+                f"{task.name} · {method.name} · {DET if seed is None else f'seed {seed}'}: "
+                f"{task.primary_metric}={primary:.4f} (fit {doc['timings']['fit_seconds']:.2f}s)"
+            )
+
+    def _load(self, task: Task) -> dict[str, Any]:
+        """Load ``task`` into this process; returns (and writes) its status document."""
+        status_path = self.config.out / "tasks" / f"{slug(task.name)}.json"
         self.display.describe(task.name, f"{task.name}: loading")
         tic, cpu = time.perf_counter(), time.process_time()
         status: dict[str, Any] = {
@@ -213,15 +301,11 @@ class Runner:
             "domain": task.domain,
             "description": task.description,
             "source": task.source,
+            "primary_metric": task.primary_metric,
+            "metrics": list(task.metrics),
+            "defaults": jsonable(dict(task.defaults)),
+            "quick": self.config.quick,
         }
-        status.update(
-            {
-                "primary_metric": task.primary_metric,
-                "metrics": list(task.metrics),
-                "defaults": jsonable(dict(task.defaults)),
-                "quick": config.quick,
-            }
-        )
         try:
             with PeakRSS() as memory:
                 data = task.load(self.load_options())
@@ -229,22 +313,20 @@ class Runner:
             status.update(status="skipped", reason=str(error))
             write_json_atomic(status_path, status)
             self.display.log(f"[skipped] {task.name}: {error}")
-            self.display.advance(task.name, len(cells))
             return status
         except Exception as error:
-            self.failures += 1
             status.update(
                 status="failed", reason=f"{type(error).__name__}: {error}", traceback=traceback.format_exc()
             )
             write_json_atomic(status_path, status)
             self.display.log(f"[failed] {task.name}: loading raised {type(error).__name__}: {error}")
-            self.display.advance(task.name, len(cells))
             return status
         status.update(
             status="ok",
             load_seconds=round(time.perf_counter() - tic, 3),
             load_cpu_seconds=round(time.process_time() - cpu, 3),
             load_peak_rss_mb=memory.peak_mb,
+            loads=1,
             n_train=len(data.train),
             n_test=len(data.test),
             dim=data.train.dim,
@@ -253,37 +335,9 @@ class Runner:
         write_json_atomic(status_path, status)
         self.display.log(
             f"{task.name}: loaded {len(data.train)} train / {len(data.test)} test items, d={data.train.dim} "
-            f"in {status['load_seconds']:.1f}s; {len(todo)} of {len(cells)} cells to run"
+            f"in {status['load_seconds']:.1f}s"
         )
-        states: dict[int | None, dict[str, Any]] = {}
-        evals: dict[str, tuple[dict[str, float], dict[str, ItemScores]]] = {}
-        done_count = len(cells) - len(todo)
-        self.display.advance(task.name, done_count)
-        todo_set = {(m.name, s) for m, s in todo}
-        for method, seed in cells:
-            state = states.setdefault(seed, {"shots_per_class": config.shots})
-            if (method.name, seed) not in todo_set:
-                doc = self.store.read(task.name, method.name, seed)
-                if doc is not None and doc.get("status") == "ok":
-                    state[method.name] = doc.get("info", {})
-                continue
-            self.display.describe(
-                task.name, f"{task.name} · {method.name} · {DET if seed is None else f'seed {seed}'}"
-            )
-            doc = self.run_cell(task, data, method, seed, state, keys[method.name], evals)
-            if doc["status"] == "failed":
-                self.failures += 1
-                self.display.log(f"[failed] {task.name} · {method.name} · seed {seed}: {doc['reason']}")
-            elif doc["status"] == "n/a":
-                if seed is None or seed == config.seeds[0]:
-                    self.display.log(f"[n/a] {task.name} · {method.name}: {doc['reason']}")
-            elif config.quiet:
-                primary = doc["metrics"].get(task.primary_metric)
-                self.display.log(
-                    f"{task.name} · {method.name} · {DET if seed is None else f'seed {seed}'}: "
-                    f"{task.primary_metric}={primary:.4f} (fit {doc['timings']['fit_seconds']:.2f}s)"
-                )
-            self.display.advance(task.name)
+        self._data[task.name] = data
         return status
 
     def run_cell(
@@ -333,12 +387,8 @@ class Runner:
             uses_labels = bool(info.get("uses_labels", method.uses_labels))
             tic, cpu = time.perf_counter(), time.process_time()
             reused = info.get("representation_of")
-            if reused is not None and reused not in evals:
-                stored = self.store.read(task.name, str(reused), None)
-                if stored is not None and stored.get("status") == "ok":
-                    evals[reused] = (dict(stored["metrics"]), self.store.items(stored))
-            if reused in evals:
-                metrics, items = dict(evals[reused][0]), dict(evals[reused][1])
+            if reused is not None:
+                metrics, items = self._reused_eval(task, data, out, str(reused), evals)
             else:
                 result = evaluate_output(task, data, out, run_seed)
                 metrics, items = dict(result.metrics), dict(result.items)
@@ -391,6 +441,26 @@ class Runner:
         self.store.write(doc, items)
         self.store.path(task.name, method.name, seed).with_suffix(".failed.json").unlink(missing_ok=True)
         return doc
+
+    def _reused_eval(
+        self,
+        task: Task,
+        data: TaskData,
+        out: MethodOutput,
+        reused: str,
+        evals: dict[str, tuple[dict[str, float], dict[str, ItemScores]]],
+    ) -> tuple[dict[str, float], dict[str, ItemScores]]:
+        """The scores of deterministic row ``reused``, whose representation ``out`` is: from this process,
+        the store, or, when that row has not finished (another worker may run it now), by evaluating
+        ``out`` exactly as that row is evaluated (seed 0), so the result never depends on the order."""
+        if reused not in evals:
+            stored = self.store.read(task.name, reused, None)
+            if stored is not None and stored.get("status") == "ok":
+                evals[reused] = (dict(stored["metrics"]), self.store.items(stored))
+            else:
+                result = evaluate_output(task, data, out, 0)
+                evals[reused] = (dict(result.metrics), dict(result.items))
+        return dict(evals[reused][0]), dict(evals[reused][1])
 
 
 def _check_output(out: MethodOutput, data: TaskData, method: Method) -> None:

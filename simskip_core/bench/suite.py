@@ -9,11 +9,14 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from simskip_core.bench.config import CONFIG_FILE, BenchConfig, config_from_args, select_methods, select_tasks
 from simskip_core.bench.display import Display, QueueDisplay
-from simskip_core.bench.runner import BenchResult, Runner, gemm_gflops
+from simskip_core.bench.runner import BenchResult, gemm_gflops
 from simskip_core.bench.store import jsonable, slug, task_cells, write_json_atomic
 from simskip_core.tasks import Method, Task
 
@@ -112,104 +115,351 @@ def _children_cpu() -> float:
     return float(usage.ru_utime + usage.ru_stime)
 
 
-def _worker(config: BenchConfig, task: Task, methods: list[Method], queue: Any) -> None:
-    """Body of a worker process: run one task, report its status and failure count, exit."""
-    runner = Runner(config, QueueDisplay(queue))
-    try:
-        status = runner.run_task(task, methods)
-        queue.put(("status", task.name, jsonable(status), runner.failures))
-    except KeyboardInterrupt:
-        queue.put(("interrupted", task.name))
-    except BaseException as error:  # report, never hang the parent
-        queue.put(
-            (
-                "status",
-                task.name,
-                {
-                    "task": task.name,
-                    "domain": task.domain,
-                    "status": "failed",
-                    "reason": f"{type(error).__name__}: {error}",
-                },
-                1,
+# ============================================================================ scheduling
+@dataclass
+class Unit:
+    """One (task, seed) unit of work: the task's cells of that seed (plus its deterministic cells in
+    the unit of the run's first seed).
+
+    Attributes:
+        task: the task.
+        seed: the seed.
+        order: position in task-then-seed order (breaks ties, so the schedule is reproducible).
+        cells: number of cells in the unit.
+        todo: names of the methods whose cells are unfinished.
+    """
+
+    task: Task
+    seed: int
+    order: int
+    cells: int
+    todo: list[str]
+
+
+class Schedule:
+    """The units of a run, handed out largest first by estimated CPU time.
+
+    A unit's cost is the sum over its unfinished cells of the mean CPU time (fit, apply and
+    evaluation) the same task and method took in finished cells: those in the run folder (an earlier
+    session) and those finished in this run. For a task with no finished cell yet, its first unit
+    goes before every other unit (it measures the task) and its other units wait behind the units
+    with known costs. Among equal costs a task the worker has loaded already wins, then task order.
+    Task statuses of several loads (one per worker that ran the task) are merged: load times add up.
+    """
+
+    def __init__(self, config: BenchConfig, tasks: Sequence[Task], methods: dict[str, list[Method]]) -> None:
+        from simskip_core.bench.runner import Runner, unit_cells
+
+        self.config = config
+        self.tasks = list(tasks)
+        self.methods = methods
+        self.runner = Runner(config, Display(True))  # reads the store only
+        self.costs: dict[tuple[str, str], list[float]] = {}
+        self.pending: list[Unit] = []
+        self.running: dict[str, int] = {}
+        self.statuses: dict[str, dict[str, Any]] = {}
+        self.done_cells: dict[str, int] = {}
+        self.failures = 0
+        for task in self.tasks:
+            self.done_cells[task.name] = 0
+            for seed in config.seeds:
+                cells = unit_cells(methods[task.name], config.seeds, seed)
+                todo = [m.name for m, _ in self.runner.todo(task, methods[task.name], seed)]
+                self._observe(task.name, [(m.name, s) for m, s in cells])
+                if todo:
+                    self.pending.append(Unit(task, seed, len(self.pending), len(cells), todo))
+                else:
+                    self.done_cells[task.name] += len(cells)
+            previous = self._previous(task)
+            if not any(u.task is task for u in self.pending):
+                if previous is not None and previous.get("status") == "ok":
+                    self.statuses[task.name] = previous
+                else:  # every cell done but no status: load the task once to record it
+                    first = config.seeds[0]
+                    size = len(unit_cells(methods[task.name], config.seeds, first))
+                    self.done_cells[task.name] -= size
+                    self.pending.append(Unit(task, first, len(self.pending), size, []))
+
+    def _previous(self, task: Task) -> dict[str, Any] | None:
+        path = self.config.out / "tasks" / f"{slug(task.name)}.json"
+        if not path.is_file():
+            return None
+        previous: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return previous
+
+    def _observe(self, task: str, cells: Sequence[tuple[str, int | None]]) -> None:
+        """Record the CPU time of the finished ``cells`` of ``task`` (read from the cell store)."""
+        for method, seed in cells:
+            doc = self.runner.store.read(task, method, seed)
+            if doc is None or doc.get("status") != "ok":
+                continue
+            timings = doc.get("timings", {})
+            cpu = float(timings.get("run_cpu_seconds") or 0.0) + float(timings.get("eval_cpu_seconds") or 0.0)
+            self.costs.setdefault((task, method), []).append(cpu)
+
+    def estimate(self, unit: Unit) -> float | None:
+        """Estimated CPU seconds of ``unit``; None when no cell of its task has finished yet."""
+        known = [c for (task, _), costs in self.costs.items() if task == unit.task.name for c in costs]
+        if not known:
+            return None
+        fallback = float(np.mean(known))
+        total = 0.0
+        for method in unit.todo:
+            costs = self.costs.get((unit.task.name, method))
+            total += float(np.mean(costs)) if costs else fallback
+        return total
+
+    def _priority(self, unit: Unit, loaded: set[str]) -> tuple[int, float, bool, int]:
+        cost = self.estimate(unit)
+        name = unit.task.name
+        if cost is None:
+            first = unit is next(u for u in self.pending if u.task.name == name)
+            rank, cost = (2, 0.0) if first and not self.running.get(name) else (0, 0.0)
+        else:
+            rank = 1
+        return rank, cost, name in loaded, -unit.order
+
+    def next(self, loaded: set[str]) -> Unit | None:
+        """The unit a worker holding the tasks ``loaded`` runs next (None: nothing left to hand out)."""
+        if not self.pending:
+            return None
+        unit = max(self.pending, key=lambda u: self._priority(u, loaded))
+        self.pending.remove(unit)
+        self.running[unit.task.name] = self.running.get(unit.task.name, 0) + 1
+        return unit
+
+    def finish(self, unit: Unit, status: dict[str, Any] | None, failures: int) -> int:
+        """Record a finished unit (its task's status when it loaded the task, its failures); returns
+        the number of cells that will not run because the task could not be loaded."""
+        name = unit.task.name
+        self.running[name] -= 1
+        self.failures += failures
+        self._observe(name, [(m, unit.seed if self._stochastic(unit.task, m) else None) for m in unit.todo])
+        if status is None:
+            return 0
+        old = self.statuses.get(name)
+        if status.get("status") != "ok":
+            if old is not None and old.get("status") == "failed" and failures:
+                self.failures -= 1  # another worker already reported this task's load failure
+            if old is None or old.get("status") == "ok":
+                self.statuses[name] = status
+            cancelled = [u for u in self.pending if u.task.name == name]
+            self.pending = [u for u in self.pending if u.task.name != name]
+            return unit.cells + sum(u.cells for u in cancelled)
+        if old is None:
+            self.statuses[name] = dict(status)
+        elif old.get("status") == "ok":
+            for key in ("load_seconds", "load_cpu_seconds", "loads"):
+                old[key] = round(float(old.get(key) or 0.0) + float(status.get(key) or 0.0), 3)
+            old["loads"] = int(old["loads"])
+            old["load_peak_rss_mb"] = max(
+                old.get("load_peak_rss_mb") or 0.0, status.get("load_peak_rss_mb") or 0.0
             )
-        )
+        return 0
+
+    def fail(self, unit: Unit, reason: str) -> None:
+        """A worker died while running ``unit``: its task is reported failed (finished cells are kept)."""
+        self.running[unit.task.name] -= 1
+        self.failures += 1
+        self.statuses[unit.task.name] = {
+            "task": unit.task.name,
+            "domain": unit.task.domain,
+            "status": "failed",
+            "reason": reason,
+        }
+
+    def _stochastic(self, task: Task, method: str) -> bool:
+        return next(m for m in self.methods[task.name] if m.name == method).stochastic
+
+    def active(self, name: str) -> bool:
+        """Whether task ``name`` has units pending or running."""
+        return bool(self.running.get(name)) or any(u.task.name == name for u in self.pending)
+
+    def results(self) -> list[dict[str, Any]]:
+        """The task statuses in task order, merged over loads; written to ``tasks/<task>.json``."""
+        out = []
+        for task in self.tasks:
+            status = self.statuses.get(task.name)
+            if status is None:
+                continue
+            if status.get("loads"):
+                write_json_atomic(self.config.out / "tasks" / f"{slug(task.name)}.json", status)
+            out.append(status)
+        return out
 
 
-def _run_parallel(
+class _Progress:
+    """The parent's view of the display: a task's bar starts with its first unit and ends with its last."""
+
+    def __init__(self, display: Display, schedule: Schedule) -> None:
+        self.display = display
+        self.schedule = schedule
+        self.started: set[str] = set()
+
+    def begin(self, unit: Unit) -> None:
+        name = unit.task.name
+        if name not in self.started:
+            self.started.add(name)
+            total = len(task_cells(self.schedule.methods[name], self.schedule.config.seeds))
+            self.display.start(name, total)
+            self.display.advance(name, self.schedule.done_cells[name])
+
+    def end(self, unit: Unit, not_run: int) -> None:
+        name = unit.task.name
+        if not_run:
+            self.display.advance(name, not_run)
+        if not self.schedule.active(name):
+            self.display.finish(name)
+
+
+def _report_done_tasks(schedule: Schedule, display: Display) -> None:
+    for task in schedule.tasks:
+        status = schedule.statuses.get(task.name)
+        if status is not None and not schedule.active(task.name):
+            total = len(task_cells(schedule.methods[task.name], schedule.config.seeds))
+            display.log(f"{task.name}: all {total} cells already done")
+            display.advance(task.name, total)
+
+
+def _run_sequential(schedule: Schedule, display: Display) -> None:
+    """Run every unit in this process, in schedule order."""
+    from simskip_core.bench.runner import Runner
+
+    runner = Runner(schedule.config, display)
+    progress = _Progress(display, schedule)
+    while (unit := schedule.next(runner.loaded)) is not None:
+        progress.begin(unit)
+        result = runner.run_unit(unit.task, schedule.methods[unit.task.name], unit.seed)
+        progress.end(unit, schedule.finish(unit, result.status, result.failures))
+        if not schedule.active(unit.task.name):
+            runner.forget(unit.task.name)
+
+
+def _worker(
     config: BenchConfig,
-    tasks: Sequence[Task],
+    tasks: dict[str, Task],
     methods: dict[str, list[Method]],
-    display: Display,
-) -> tuple[list[dict[str, Any]], int]:
-    """Run tasks in up to ``config.jobs`` forked worker processes; returns statuses (in task order)
-    and the number of failures. Each worker writes its own cell files; the parent only displays."""
+    worker: int,
+    inbox: Any,
+    outbox: Any,
+) -> None:
+    """Body of a worker process: run the units the parent sends until it sends None."""
+    from simskip_core.bench.runner import Runner
+
+    runner = Runner(config, QueueDisplay(outbox))
+    while (message := inbox.get()) is not None:
+        name, seed, drop = message
+        for gone in drop:
+            runner.forget(gone)
+        try:
+            result = runner.run_unit(tasks[name], methods[name], seed)
+            outbox.put(("unit", worker, jsonable(result.status), result.failures))
+        except KeyboardInterrupt:
+            outbox.put(("interrupted", worker))
+            return
+        except BaseException as error:  # report, never hang the parent
+            task = tasks[name]
+            reason = f"{type(error).__name__}: {error}"
+            status = {"task": name, "domain": task.domain, "status": "failed", "reason": reason}
+            outbox.put(("unit", worker, status, 1))
+
+
+@dataclass
+class _WorkerSlot:
+    process: Any
+    inbox: Any
+    unit: Unit | None = None
+    loaded: set[str] = field(default_factory=set)
+
+
+def _run_parallel(config: BenchConfig, schedule: Schedule, display: Display, jobs: int) -> None:
+    """Run the units in ``jobs`` forked worker processes, each handed the next unit when it is idle.
+    Each worker writes its own cell files and keeps the data of the tasks it loaded until the
+    schedule has no unit of them left; the parent only schedules and displays."""
     import multiprocessing
     import queue as queue_module
 
     context = multiprocessing.get_context("fork")
-    messages: Any = context.Queue()
-    pending = list(tasks)
-    active: dict[str, Any] = {}
-    statuses: dict[str, dict[str, Any]] = {}
-    counts = {"failures": 0, "interrupted": 0}
+    outbox: Any = context.Queue()
+    tasks = {t.name: t for t in schedule.tasks}
+    progress = _Progress(display, schedule)
+    slots: dict[int, _WorkerSlot] = {}
+    interrupted = False
+
+    def spawn(index: int) -> None:
+        inbox = context.Queue()
+        process = context.Process(
+            target=_worker,
+            args=(config, tasks, schedule.methods, index, inbox, outbox),
+            name=f"simskip-bench worker {index}",
+        )
+        process.start()
+        slots[index] = _WorkerSlot(process, inbox)
 
     def handle(message: tuple[Any, ...]) -> None:
+        nonlocal interrupted
         kind = message[0]
-        if kind == "status":
-            statuses[message[1]] = message[2]
-            counts["failures"] += int(message[3])
+        if kind == "unit":
+            slot = slots[message[1]]
+            assert slot.unit is not None
+            unit, slot.unit = slot.unit, None
+            progress.end(unit, schedule.finish(unit, message[2], int(message[3])))
         elif kind == "interrupted":
-            counts["interrupted"] += 1
+            interrupted = True
         else:
             getattr(display, kind)(*message[1:])
 
     def drain(timeout: float) -> None:
         while True:
             try:
-                handle(messages.get(timeout=timeout))
+                handle(outbox.get(timeout=timeout))
             except queue_module.Empty:
                 return
 
+    for index in range(jobs):
+        spawn(index)
     try:
-        while pending or active:
-            while pending and len(active) < config.jobs:
-                task = pending.pop(0)
-                process = context.Process(
-                    target=_worker,
-                    args=(config, task, methods[task.name], messages),
-                    name=f"simskip-bench {task.name}",
-                )
-                process.start()
-                active[task.name] = process
+        while True:
+            for slot in slots.values():
+                if slot.unit is None and slot.process.exitcode is None:
+                    unit = schedule.next(slot.loaded)
+                    if unit is None:
+                        continue
+                    progress.begin(unit)
+                    drop = sorted(n for n in slot.loaded if not schedule.active(n))
+                    slot.loaded -= set(drop)
+                    slot.loaded.add(unit.task.name)
+                    slot.unit = unit
+                    slot.inbox.put((unit.task.name, unit.seed, drop))
+            if all(slot.unit is None for slot in slots.values()):
+                break
             drain(0.2)
-            for name, process in list(active.items()):
-                if process.exitcode is None:
+            if interrupted:
+                raise KeyboardInterrupt
+            for index, slot in list(slots.items()):
+                if slot.process.exitcode is None or slot.unit is None:
                     continue
                 drain(0.5)  # what the worker sent just before it exited
-                process.join()
-                del active[name]
-                if name not in statuses and not counts["interrupted"]:
-                    counts["failures"] += 1
-                    task = next(t for t in tasks if t.name == name)
-                    statuses[name] = {
-                        "task": name,
-                        "domain": task.domain,
-                        "status": "failed",
-                        "reason": f"the worker process exited with code {process.exitcode} (killed, e.g. out "
-                        "of memory?); finished cells are kept, rerun with --resume",
-                    }
-                    display.finish(name)
-            if counts["interrupted"]:
-                raise KeyboardInterrupt
+                if slot.unit is None:
+                    continue
+                unit, slot.unit = slot.unit, None
+                schedule.fail(
+                    unit,
+                    f"the worker process exited with code {slot.process.exitcode} (killed, e.g. out of memory?); "
+                    "finished cells are kept, rerun with --resume",
+                )
+                progress.end(unit, 0)
+                spawn(index)
+        for slot in slots.values():
+            slot.inbox.put(None)
+        for slot in slots.values():
+            slot.process.join()
     except KeyboardInterrupt:
-        for process in active.values():
-            process.terminate()
-        for process in active.values():
-            process.join()
+        for slot in slots.values():
+            slot.process.terminate()
+        for slot in slots.values():
+            slot.process.join()
         raise
-    failures = counts["failures"]
-    return [statuses[t.name] for t in tasks if t.name in statuses], failures
 
 
 def _run(
@@ -224,23 +474,20 @@ def _run(
     environment["gemm_gflops_float32"] = gemm_gflops()
     environment["bench_threads"] = config.threads
     environment["bench_jobs"] = config.jobs
-    statuses: list[dict[str, Any]] = []
-    failures = 0
     interrupted = False
-    jobs = min(config.jobs, len(tasks))
+    schedule = Schedule(config, tasks, methods)
+    jobs = max(1, min(config.jobs, len(schedule.pending)))
     with display.running(total):
         display.log(
-            f"simskip bench: {len(tasks)} task(s), seeds {list(config.seeds)}, {total} cell(s), "
-            f"{jobs} worker(s) -> {config.out}"
+            f"simskip bench: {len(tasks)} task(s), seeds {list(config.seeds)}, {total} cell(s) in "
+            f"{len(schedule.pending)} unit(s) to run, {jobs} worker(s) -> {config.out}"
         )
+        _report_done_tasks(schedule, display)
         try:
             if jobs > 1:
-                statuses, failures = _run_parallel(config, tasks, methods, display)
+                _run_parallel(config, schedule, display, jobs)
             else:
-                runner = Runner(config, display)
-                for task in tasks:
-                    statuses.append(runner.run_task(task, methods[task.name]))
-                failures = runner.failures
+                _run_sequential(schedule, display)
         except KeyboardInterrupt:
             interrupted = True
     if interrupted:
@@ -252,12 +499,12 @@ def _run(
         config,
         tasks,
         methods,
-        statuses,
+        schedule.results(),
         environment=environment,
         wall_seconds=time.time() - started,
         cpu_seconds=time.process_time() + _children_cpu() - started_cpu,
     )
-    result.failures = failures
+    result.failures = schedule.failures
     return result
 
 
