@@ -3,6 +3,8 @@
 #   - dataset-fashion-mnist  -> /usr/share/datasets/fashion-mnist/ (apt-get install; needs root or sudo)
 #   - graph-tool's network collection (polblogs, polbooks, football, ...), unpacked from the
 #     python3-graph-tool package without installing it (scripts/fetch-graph-data.sh)
+#   - Debian's English package descriptions -> /var/lib/apt/lists/*_i18n_Translation-en*
+#     (scripts/fetch-debian-descriptions.sh; needs root or sudo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,4 +24,9 @@ fi
 
 if [ -f scripts/fetch-graph-data.sh ]; then
   bash scripts/fetch-graph-data.sh
+fi
+
+# Debian's English package descriptions (Translation-en) for text/debian_retrieval and text/debian_sections.
+if [ -f scripts/fetch-debian-descriptions.sh ]; then
+  bash scripts/fetch-debian-descriptions.sh
 fi

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -245,7 +245,7 @@ def attach_query_adapter(
     from sentence_transformers.base.modules import Router
 
     base = copy.deepcopy(model)
-    modules = list(base._modules.values())
+    modules = cast("list[Module]", list(base._modules.values()))
     router = Router.for_query_document(
         query_modules=[*modules, *_adapter_modules(adapter)], document_modules=modules
     )

@@ -25,13 +25,20 @@ from sklearn.model_selection import train_test_split
 from simskip_core.errors import MissingDataError
 
 __all__ = [
+    "APT_LISTS",
+    "DEBIAN_SECTIONS",
+    "DebianPackages",
     "LabelledCorpus",
     "WordSimilarity",
+    "load_debian_packages",
+    "load_debian_sections",
     "load_rotten_tomatoes",
     "load_tweet_sentiment",
     "load_word_similarity",
     "package_file",
     "package_version",
+    "parse_sections",
+    "parse_translation",
     "stratified_split",
 ]
 
@@ -192,3 +199,151 @@ def stratified_split(
     test_size = round(total * n_test / (n_train + n_test))
     train, test = train_test_split(index, test_size=test_size, stratify=labels[index], random_state=seed + 1)
     return np.sort(train), np.sort(test)
+
+
+#: Where apt keeps its downloaded indexes.
+APT_LISTS = Path("/var/lib/apt/lists")
+#: apt's helper that prints an index decompressed (lz4, xz, gz, ...).
+APT_HELPER = Path("/usr/lib/apt/apt-helper")
+_FETCH_HINT = (
+    "run `bash scripts/fetch-debian-descriptions.sh` as root (it runs "
+    "`apt-get -o Acquire::Languages=en update`)"
+)
+
+
+@dataclass(frozen=True)
+class DebianPackages:
+    """English descriptions of Debian packages, one row per package (sorted by name).
+
+    Attributes:
+        names: package names.
+        synopses: the one-line synopsis (first line of ``Description-en``).
+        descriptions: the long description (the indented lines; paragraphs joined by newlines).
+        sections: the ``Section:`` of the package in the Packages index ("" when not listed there).
+        source: the index files read.
+    """
+
+    names: list[str]
+    synopses: list[str]
+    descriptions: list[str]
+    sections: list[str]
+    source: str
+
+
+def _apt_index(pattern: str, lists: Path) -> list[Path]:
+    return sorted(path for path in lists.glob(pattern) if not path.name.endswith(".diff_Index"))
+
+
+def _cat_index(path: Path) -> str:
+    import subprocess
+
+    if not APT_HELPER.is_file():
+        raise MissingDataError(
+            f"{APT_HELPER} is missing: the Debian package tasks need apt (a Debian system)."
+        )
+    result = subprocess.run(
+        [str(APT_HELPER), "cat-file", str(path)],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        check=False,
+    )
+    if result.returncode != 0:
+        raise MissingDataError(
+            f"cannot read {path} ({result.stderr.strip() or 'apt-helper failed'}); {_FETCH_HINT}."
+        )
+    return result.stdout
+
+
+def _stanzas(text: str) -> list[list[str]]:
+    return [block.splitlines() for block in text.split("\n\n") if block.strip()]
+
+
+def _long_description(lines: list[str]) -> str:
+    paragraphs: list[list[str]] = [[]]
+    for line in lines:
+        body = line[1:]
+        if body.strip() == ".":
+            paragraphs.append([])
+        else:
+            paragraphs[-1].append(body.strip())
+    return "\n".join(" ".join(words) for words in paragraphs if words)
+
+
+def parse_translation(text: str) -> dict[str, tuple[str, str]]:
+    """``{package: (synopsis, long description)}`` from a ``Translation-en`` index's text."""
+    out: dict[str, tuple[str, str]] = {}
+    for stanza in _stanzas(text):
+        name, synopsis, body = "", None, []
+        for i, line in enumerate(stanza):
+            if line.startswith("Package:"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("Description-en:"):
+                synopsis = line.split(":", 1)[1].strip()
+                body = [rest for rest in stanza[i + 1 :] if rest.startswith(" ")]
+                break
+        if name and synopsis and name not in out:
+            out[name] = (synopsis, _long_description(body))
+    return out
+
+
+def parse_sections(text: str) -> dict[str, str]:
+    """``{package: section}`` from a Packages index's text (``Section: x/y`` gives ``y``)."""
+    out: dict[str, str] = {}
+    name = ""
+    for line in text.splitlines():
+        if line.startswith("Package:"):
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith("Section:") and name:
+            out.setdefault(name, line.split(":", 1)[1].strip().rsplit("/", 1)[-1])
+    return out
+
+
+def load_debian_packages(lists: Path = APT_LISTS) -> DebianPackages:
+    """Debian's English package descriptions from apt's ``*_i18n_Translation-en*`` indexes in ``lists``,
+    with sections from the ``*_binary-amd64_Packages*`` indexes; packages without a long description
+    are left out.
+
+    Raises:
+        MissingDataError: no Translation-en index (the message gives the fetch command).
+    """
+    translations = _apt_index("*_i18n_Translation-en*", lists)
+    if not translations:
+        raise MissingDataError(f"no Debian Translation-en index in {lists}; {_FETCH_HINT}.")
+    entries: dict[str, tuple[str, str]] = {}
+    for path in translations:
+        for name, value in parse_translation(_cat_index(path)).items():
+            entries.setdefault(name, value)
+    sections: dict[str, str] = {}
+    for path in _apt_index("*_binary-amd64_Packages*", lists):
+        for name, section in parse_sections(_cat_index(path)).items():
+            sections.setdefault(name, section)
+    names = sorted(name for name, (_, long) in entries.items() if long)
+    return DebianPackages(
+        names=names,
+        synopses=[entries[name][0] for name in names],
+        descriptions=[entries[name][1] for name in names],
+        sections=[sections.get(name, "") for name in names],
+        source="Debian apt indexes " + ", ".join(path.name for path in translations),
+    )
+
+
+#: The package sections of the section-classification task (the most common sections of Debian main).
+DEBIAN_SECTIONS = ("libs", "libdevel", "python", "doc", "perl", "devel", "utils", "net", "science", "games")
+
+
+def load_debian_sections(packages: DebianPackages | None = None) -> LabelledCorpus:
+    """Long descriptions labelled by their package's section, for :data:`DEBIAN_SECTIONS`; a description
+    shared by packages of different sections is dropped."""
+    packages = packages or load_debian_packages()
+    rows = [
+        (text, section)
+        for text, section in zip(packages.descriptions, packages.sections)
+        if section in DEBIAN_SECTIONS
+    ]
+    return _dedupe(
+        [text for text, _ in rows],
+        [section for _, section in rows],
+        DEBIAN_SECTIONS,
+        packages.source + " + Packages",
+    )

@@ -26,7 +26,10 @@ from simskip_core.evaluation import classification_eval, similarity_eval
 from simskip_core.selection import LabelProbe
 from simskip_core.tasks import EvalResult, LoadOptions, Task, TaskData
 from simskip_text.data import (
+    DebianPackages,
     LabelledCorpus,
+    load_debian_packages,
+    load_debian_sections,
     load_rotten_tomatoes,
     load_tweet_sentiment,
     load_word_similarity,
@@ -34,17 +37,22 @@ from simskip_text.data import (
     stratified_split,
 )
 from simskip_text.extract import CACHE_NAMESPACE, DEFAULT_MODEL_NAME, texts_digest
+from simskip_text.retrieval import RETRIEVAL_METRICS, build_retrieval_split, retrieval_eval
 
 __all__ = [
     "CLASSIFICATION_METRICS",
     "FULL_SIZES",
     "QUICK_SIZES",
+    "RETRIEVAL_FULL",
+    "RETRIEVAL_QUICK",
     "SPLIT_SEED",
     "TEXT_DEFAULTS",
     "classification_probe",
     "embed_with_shipped_model",
     "evaluate_classification",
+    "evaluate_retrieval",
     "evaluate_similarity",
+    "retrieval_pairs",
     "text_tasks",
 ]
 
@@ -66,6 +74,11 @@ TEXT_DEFAULTS: dict[str, Any] = {
     "progress": False,
 }
 _ENCODE_BATCH = 64
+#: (corpus documents, test queries, adapter-training queries) of text/debian_retrieval in the quick suite.
+RETRIEVAL_QUICK = (2000, 500, 1000)
+#: The same for the full suite; None: every deduplicated description (about 61,000; encoding them takes
+#: about 50 minutes on 2 CPU cores, once, then they come from the cache).
+RETRIEVAL_FULL: tuple[int | None, int, int] = (None, 2000, 10000)
 
 
 @functools.lru_cache(maxsize=1)
@@ -119,6 +132,45 @@ def _classification_loader(read: Callable[[], LabelledCorpus]) -> Callable[[Load
         )
 
     return load
+
+
+@functools.lru_cache(maxsize=1)
+def _debian() -> DebianPackages:
+    return load_debian_packages()
+
+
+def _retrieval_loader(options: LoadOptions) -> TaskData:
+    packages = _debian()
+    n_docs, n_test, n_train = RETRIEVAL_QUICK if options.quick else RETRIEVAL_FULL
+    split = build_retrieval_split(
+        packages.synopses,
+        packages.descriptions,
+        n_test=n_test,
+        n_train=n_train,
+        n_docs=n_docs,
+        seed=SPLIT_SEED,
+    )
+    docs = embed_with_shipped_model(split.corpus, options)
+    train_queries = embed_with_shipped_model(split.train_queries, options)
+    test_queries = embed_with_shipped_model(split.test_queries, options)
+    meta = {"encoder": _encoder_id(), "source": packages.source}
+    # Methods are fitted on the training queries and the corpus and applied to both query sets and the
+    # corpus (a symmetric stage); the evaluator splits the test rows back into queries and documents.
+    train = EmbeddingSet(
+        np.concatenate([train_queries, docs]), ids=[*split.train_queries, *split.corpus], meta=dict(meta)
+    )
+    test = EmbeddingSet(
+        np.concatenate([test_queries, docs]), ids=[*split.test_queries, *split.corpus], meta=dict(meta)
+    )
+    context = {
+        "kind": "retrieval",
+        "n_docs": len(split.corpus),
+        "n_train_queries": len(split.train_queries),
+        "n_test_queries": len(split.test_queries),
+        "train_relevant": split.train_relevant,
+        "test_relevant": split.test_relevant,
+    }
+    return TaskData(train=train, test=test, context=context)
 
 
 def _similarity_loader(name: str) -> Callable[[LoadOptions], TaskData]:
@@ -177,6 +229,34 @@ def text_tasks() -> list[Task]:
             default_probe=classification_probe,
         ),
         Task(
+            name="text/debian_retrieval",
+            domain="text",
+            description=(
+                "Debian packages: synopsis -> long description retrieval (quick 2,000 docs / 500 test queries, "
+                "full all ~61,000 docs / 2,000), nDCG@10, all-MiniLM-L6-v2"
+            ),
+            source=_source("Debian main Translation-en (apt-get -o Acquire::Languages=en update)"),
+            load=_retrieval_loader,
+            primary_metric="ndcg@10",
+            metrics=RETRIEVAL_METRICS,
+            defaults=dict(TEXT_DEFAULTS),
+            evaluate=evaluate_retrieval,
+            default_probe=_no_probe,
+            pair_signals=retrieval_pairs,
+        ),
+        Task(
+            name="text/debian_sections",
+            domain="text",
+            description=f"Debian long descriptions -> package section, 10 sections ({sizes}), all-MiniLM-L6-v2",
+            source=_source("Debian main Translation-en + binary-amd64 Packages (Section:)"),
+            load=_classification_loader(lambda: load_debian_sections(_debian())),
+            primary_metric="probe_acc",
+            metrics=CLASSIFICATION_METRICS,
+            defaults=dict(TEXT_DEFAULTS),
+            evaluate=evaluate_classification,
+            default_probe=classification_probe,
+        ),
+        Task(
             name="text/simlex999",
             domain="text",
             description="SimLex-999 word similarity (1,028 words, 999 pairs), Spearman of cosine, all-MiniLM-L6-v2",
@@ -220,6 +300,22 @@ def evaluate_similarity(
 ) -> EvalResult:
     """Spearman's rho between the cosine similarities of ``test``'s word pairs and the human ratings."""
     return similarity_eval(test, data.context["pairs"], data.context["gold"])
+
+
+def evaluate_retrieval(
+    data: TaskData, train: np.ndarray, test: np.ndarray, seed: int, extras: Mapping[str, Any] | None = None
+) -> EvalResult:
+    """nDCG@10, MRR@10 and Recall@100 of the test queries (the first rows of ``test``) against the corpus
+    (the remaining rows), with per-query scores for the paired bootstrap."""
+    n = int(data.context["n_test_queries"])
+    return retrieval_eval(test[:n], test[n:], data.context["test_relevant"])
+
+
+def retrieval_pairs(data: TaskData) -> dict[str, np.ndarray]:
+    """The labelled (training query, relevant document) pairs as row indices into ``data.train``."""
+    n = int(data.context["n_train_queries"])
+    rows = [(q, n + int(d)) for q, docs in enumerate(data.context["train_relevant"]) for d in docs]
+    return {"qrels": np.array(rows, dtype=np.int64).reshape(-1, 2)}
 
 
 def classification_probe(data: TaskData) -> LabelProbe | None:
