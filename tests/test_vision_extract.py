@@ -130,3 +130,31 @@ def test_extract_hook_returns_labelled_embeddings_only_for_image_sources(tiny, g
     assert result.meta["encoder"] == "test_efficientnet" and result.meta["domain"] == "vision"
     assert hook(source={"images": grey, "model": torch.nn.Linear(2, 2)}, options={}) is None
     assert hook(source=grey, options={}) is None
+
+
+def test_cached_features_build_no_model_on_a_warm_cache(tmp_path, grey) -> None:
+    from simskip_vision.extract import cached_features
+
+    builds: list[int] = []
+
+    def build() -> torch.nn.Module:
+        builds.append(1)
+        torch.manual_seed(0)
+        return timm.create_model("test_efficientnet", pretrained=False, num_classes=0).eval()
+
+    identity = {"encoder": "test_efficientnet", "weights": "seed-0"}
+    first = cached_features(build, identity, grey, cache_dir=tmp_path, progress=False)
+    assert len(builds) == 1
+    np.testing.assert_array_equal(first, extract_features(build(), grey, progress=False))
+    builds.clear()
+    again = cached_features(build, identity, grey, cache_dir=tmp_path, progress=False)
+    assert builds == [] and np.array_equal(again, first)  # warm: read without building the model
+    cached_features(build, identity, grey[:3], cache_dir=tmp_path, progress=False)  # other pixels
+    cached_features(build, {**identity, "weights": "other"}, grey, cache_dir=tmp_path, progress=False)
+    cached_features(build, identity, grey, cache_dir=tmp_path, use_cache=False, progress=False)
+    assert len(builds) == 3
+    builds.clear()
+    for entry in (tmp_path / "vision-features").glob("*.npz"):
+        entry.write_bytes(b"not an npz")  # an unreadable entry: build and extract again
+    again = cached_features(build, identity, grey, cache_dir=tmp_path, progress=False)
+    assert builds == [1] and np.array_equal(again, first)

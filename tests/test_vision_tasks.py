@@ -111,3 +111,28 @@ def test_default_probe_scores_training_items_on_validation_splits(blobs) -> None
     noise = np.random.default_rng(0).normal(size=data.train.vectors.shape).astype(np.float32)
     assert good > 0.9 and probe(noise, 0) < 0.7
     assert probe(data.train.vectors, 1) != pytest.approx(-1)  # another split runs too
+
+
+def test_a_warm_cache_load_builds_no_backbone(tmp_path, monkeypatch) -> None:
+    """The task reads cached features without constructing EfficientNet (counted with a stand-in model)."""
+    import timm
+    import torch
+
+    builds: list[int] = []
+
+    def backbone() -> torch.nn.Module:
+        builds.append(1)
+        torch.manual_seed(0)
+        return timm.create_model("test_efficientnet", pretrained=False, num_classes=0).eval()
+
+    monkeypatch.setattr(vision_tasks, "_backbone", backbone)
+    monkeypatch.setitem(vision_tasks.SIZES, "mnist5k", {True: (20, 10), False: (20, 10)})
+    task = all_tasks()[NAMES[1]]
+    options = LoadOptions(quick=True, cache_dir=tmp_path, progress=False)
+    data = task.load(options)
+    assert len(builds) == 2  # cold: one per split
+    builds.clear()
+    again = task.load(options)
+    assert builds == []
+    assert np.array_equal(again.train.vectors, data.train.vectors) and again.test.ids == data.test.ids
+    assert np.array_equal(again.train.labels, data.train.labels)

@@ -9,6 +9,9 @@ features a ``num_classes=0`` model returns, so a model with a classifier works u
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ __all__ = [
     "CACHE_NAMESPACE",
     "ImageSource",
     "as_image_source",
+    "cached_features",
     "data_config_of",
     "extract_embeddings",
     "extract_features",
@@ -36,6 +40,9 @@ __all__ = [
 #: Sub-folder of the cache directory that holds extracted features.
 CACHE_NAMESPACE = "vision-features"
 _CACHE_VERSION = "simskip-vision-features-v1"
+#: Sub-folder of the feature cache mapping a model's identity (no model built) to its feature file.
+_INDEX_FOLDER = "by-identity"
+_INDEX_VERSION = "simskip-vision-feature-index-v1"
 
 
 class ImageSource:
@@ -240,8 +247,80 @@ def extract_features(
 
     if cache_dir is None:
         return compute()["features"]
-    key = cache_key(_CACHE_VERSION, model_fingerprint(model), source.fingerprint(), config)
+    key = _feature_key(model, source, config)
     return cached_arrays(cache_dir, CACHE_NAMESPACE, key, compute, enabled=use_cache)["features"]
+
+
+def _feature_key(model: nn.Module, source: ImageSource, config: Mapping[str, Any]) -> str:
+    return cache_key(_CACHE_VERSION, model_fingerprint(model), source.fingerprint(), dict(config))
+
+
+def _read_features(folder: Path, key: str) -> np.ndarray | None:
+    """The features of cache entry ``key``, or None when it is absent or unreadable."""
+    try:
+        with np.load(folder / f"{key}.npz", allow_pickle=False) as stored:
+            features: np.ndarray = stored["features"]
+            return features
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+
+
+def _write_index(path: Path, key: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"key": key}, handle)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def cached_features(
+    build: Callable[[], nn.Module],
+    identity: Mapping[str, Any],
+    images: Any,
+    *,
+    cache_dir: str | Path | None,
+    use_cache: bool = True,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> np.ndarray:
+    """:func:`extract_features` of ``images`` under the model ``build()`` returns, building it only on
+    a cache miss.
+
+    ``identity`` is a JSON-serialisable description of the model that needs no model to compute
+    (architecture name, a hash of the weight file, library versions). A first call builds the model,
+    extracts (or reads the entry :func:`extract_features` keys by the model's weights) and records
+    ``cache_dir/vision-features/by-identity/<hash of identity and pixels>.json`` pointing at that
+    entry; later calls with the same identity and pixels read the features without building anything.
+    An entry that is missing or unreadable falls back to building the model. Without ``cache_dir``, or
+    with ``use_cache=False``, this is ``extract_features(build(), images, ...)``.
+    """
+    source = as_image_source(images)
+    if cache_dir is None or not use_cache:
+        return extract_features(
+            build(),
+            source,
+            batch_size=batch_size,
+            progress=progress,
+            cache_dir=cache_dir,
+            use_cache=use_cache,
+        )
+    folder = Path(cache_dir).expanduser() / CACHE_NAMESPACE
+    index = folder / _INDEX_FOLDER / f"{cache_key(_INDEX_VERSION, dict(identity), source.fingerprint())}.json"
+    try:
+        key = str(json.loads(index.read_text(encoding="utf-8"))["key"])
+    except (OSError, ValueError, KeyError, TypeError):
+        key = None
+    features = None if key is None else _read_features(folder, key)
+    if features is not None:
+        return features
+    model = build()
+    features = extract_features(model, source, batch_size=batch_size, progress=progress, cache_dir=cache_dir)
+    _write_index(index, _feature_key(model, source, data_config_of(model)))
+    return features
 
 
 def extract_embeddings(

@@ -13,6 +13,7 @@ split; extraction runs at timm's default 224 x 224 and is cached under ``LoadOpt
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
@@ -93,22 +94,42 @@ def _backbone() -> Any:
     return create_backbone(ENCODER)
 
 
+@lru_cache(maxsize=1)
+def _backbone_identity() -> dict[str, str]:
+    """What identifies :func:`_backbone`'s features without building it: the architecture, a SHA-256
+    of the weight file and the versions of the libraries that build and run it."""
+    from simskip_vision.weights import efficientnet_lite0_weights_path
+
+    digest = hashlib.sha256()
+    with open(efficientnet_lite0_weights_path(), "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {
+        "encoder": ENCODER,
+        "weights_sha256": digest.hexdigest(),
+        "timm": _version("timm"),
+        "torch": _version("torch"),
+        "pillow": _version("pillow"),
+    }
+
+
 def _embed(
     images: np.ndarray, labels: np.ndarray, ids: list[str], options: LoadOptions, meta: dict[str, Any]
 ) -> EmbeddingSet:
-    from simskip_vision.extract import extract_embeddings
+    """Features of ``images``; a warm cache is read without building the backbone."""
+    from simskip_vision.extract import cached_features
 
-    return extract_embeddings(
-        _backbone(),
+    vectors = cached_features(
+        _backbone,
+        _backbone_identity(),
         images,
-        labels=labels,
-        ids=ids,
-        meta=meta,
-        batch_size=64,
-        progress=options.progress,
         cache_dir=options.cache_dir,
         use_cache=options.use_cache,
+        batch_size=64,
+        progress=options.progress,
     )
+    info = {"domain": DOMAIN, "encoder": ENCODER, **meta}
+    return EmbeddingSet(vectors=vectors, ids=ids, labels=np.asarray(labels), meta=info)
 
 
 def _load_fashion_mnist(options: LoadOptions) -> TaskData:
