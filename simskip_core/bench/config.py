@@ -44,7 +44,7 @@ class BenchConfig:
         threads: torch and BLAS threads during the run (None: leave the libraries' defaults). The
             refiners and probes are small, so one thread avoids the oversubscription that makes
             small operations many times slower on a busy machine.
-        jobs: tasks run in parallel worker processes (forked; 1 runs everything in this process).
+        jobs: worker processes (forked) that run the (task, seed) units; 1 runs them in this process.
         command: the command line that started the run (for the report).
     """
 
@@ -216,7 +216,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="tasks run at once in worker processes (default 2 where there are 2+ CPUs)",
+        help="worker processes running (task, seed) units, largest first (default 2 where there are 2+ CPUs)",
     )
     parser.add_argument(
         "--report-only",
