@@ -150,10 +150,12 @@ def data_config_of(model: nn.Module) -> dict[str, Any]:
 
 
 def _feature_fn(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    timm_model: Any = model  # timm's forward_head/forward_features are not in nn.Module's type
     if is_timm_model(model):
-        return lambda x: model.forward_head(model.forward_features(x), pre_logits=True)
-    if callable(getattr(model, "embed_batch", None)):
-        return model.embed_batch  # type: ignore[no-any-return]
+        return lambda x: timm_model.forward_head(timm_model.forward_features(x), pre_logits=True)
+    embed: Callable[[torch.Tensor], torch.Tensor] | None = getattr(model, "embed_batch", None)
+    if callable(embed):
+        return embed
     raise TypeError(
         f"{type(model).__name__} is not a timm model; build one with timm.create_model(name, num_classes=0) "
         "or simskip_vision.create_backbone(name)."
