@@ -26,12 +26,12 @@ from simskip_core.errors import CorruptModelError
 from simskip_core.losses import ContrastiveLoss, loss_resolver
 from simskip_core.pairs import build_signals
 from simskip_core.refiner import SkipRefiner
-from simskip_core.selection import LabelProbe, Probe, select_candidate
+from simskip_core.selection import LabelProbe, Probe, probe_rows, select_candidate
 from simskip_core.serialization import CONFIG_NAME, read_model_dir, write_model_dir
 from simskip_core.train import TrainConfig, fit_refiner
 from simskip_core.validation import as_matrix, check_dim, check_matrix
 
-__all__ = ["DEFAULT_AUGMENT", "SimSkip"]
+__all__ = ["DEFAULT_AUGMENT", "NO_PROBE_MESSAGE", "RowNormalized", "SimSkip"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,30 @@ _NEWER_PARAM_TYPES: dict[str, tuple[type, ...]] = {
     "augment_fit_rows": (*_INT, _OPTIONAL),
 }
 _BOOL_PARAMS = frozenset({"normalize_output", "progress"})
+#: Why auto mode refuses to run without labels or a probe, and what to pass instead (one line).
+NO_PROBE_MESSAGE = (
+    "auto mode needs a probe to compare candidates and there is none: label-free criteria measured on "
+    "the suite pick candidates significantly worse than the identity (docs/label-free-selection.md); "
+    "pass labels= (a few labelled rows), probe=callable(Z, split_seed) -> score, or the domain's probe "
+    "(graph: simskip_graph.LinkPredictionProbe / GraphAutoSimSkip, KG: simskip_kg.ValidationMRRProbe)."
+)
+
+
+class RowNormalized(nn.Module):
+    """``F.normalize(inner(x))``: a candidate map followed by L2 row normalisation.
+
+    Auto mode wraps every candidate in it when the probe scores normalised rows (its
+    ``row_normalize`` attribute, e.g. the KG probe of a model whose entities are unit vectors), so
+    :meth:`SimSkip.transform` returns exactly the vectors the probe scored.
+    """
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The inner map's rows, L2-normalised."""
+        return torch.nn.functional.normalize(self.inner(x), dim=-1)
 
 
 class SimSkip(TransformerMixin, BaseEstimator):
@@ -100,9 +124,12 @@ class SimSkip(TransformerMixin, BaseEstimator):
     few-label mode; then :attr:`uses_labels` is True).
 
     ``mode="auto"`` adds the no-harm guard: after training, the identity, the label-free baselines,
-    the refiner and blends alpha * f(x) + (1 - alpha) * x are scored by a probe on repeated validation
-    splits, and the identity is kept unless a candidate beats it beyond the validation noise. The
-    report is in :attr:`selection_` and saved with the model.
+    the refiner, blends alpha * f(x) + (1 - alpha) * x and any ``fit(candidates=...)`` maps are scored
+    by a probe on repeated validation splits, and the identity is kept unless a candidate beats it
+    beyond the validation noise. Each candidate is applied once, to the rows the probe reads (a
+    bounded sample for :class:`~simskip_core.selection.LabelProbe`). With ``labels=`` and no probe,
+    the labels serve only the probe: the refiner is trained label-free, so no labelled row that
+    scores a candidate trained it. The report is in :attr:`selection_` and saved with the model.
 
     Every constructor argument is stored unchanged under its own name (``get_params``, ``set_params``,
     ``sklearn.base.clone``, ``Pipeline`` and ``cross_val_score`` work) and checked again by :meth:`fit`.
@@ -299,6 +326,7 @@ class SimSkip(TransformerMixin, BaseEstimator):
         labels: np.ndarray | None = None,
         probe: Probe | None = None,
         val_score: Callable[[SkipRefiner], float] | None = None,
+        candidates: Mapping[str, nn.Module] | None = None,
     ) -> SimSkip:
         """Train the refiner on embeddings ``X`` (n, d): numpy array, np.memmap or torch tensor.
 
@@ -309,22 +337,31 @@ class SimSkip(TransformerMixin, BaseEstimator):
             y: ignored (scikit-learn's convention for a label-free transformer); pass ``labels=`` for
                 few-label mode.
             pairs: external positive pairs by name, each (m, 2) integer row indices into ``X``.
-            labels: (n,) class labels with -1 for unlabelled rows (few-label mode, label-using).
+            labels: (n,) class labels with -1 for unlabelled rows (few-label mode, label-using). In
+                auto mode without a probe they are the default probe's labels only, and the refiner
+                is trained label-free (no leak from training into validation).
             probe: auto mode's probe (overrides the constructor's).
+            candidates: extra maps auto mode compares, by name (torch modules (n, d) -> (n, d'),
+                fitted on training rows only; opt-in compositions such as a refiner fitted on a
+                baseline's output go here). Only modules of a known kind can be saved.
             val_score: early-stopping criterion ``val_score(refiner) -> float`` (higher is better);
                 default: the contrastive loss on held-out rows.
         """
         tic = time.perf_counter()
         config = self._check_params()
-        if self.mode == "auto" and probe is None and self.probe is None and labels is None:
-            raise ValueError(
-                "auto mode needs a probe to compare candidates: pass probe=callable(Z, split_seed) -> score, "
-                "or labels= for the default k-NN probe (or use the domain plugin's default probe)."
-            )
+        probe = self.probe if probe is None else probe
+        if self.mode == "auto" and probe is None and labels is None:
+            raise ValueError(NO_PROBE_MESSAGE)
+        if candidates is not None and self.mode != "auto":
+            raise ValueError("candidates= are compared by auto mode only; pass mode='auto' or drop them.")
         x = _training_rows(X)
         n, d = x.shape
         config, notes = _fit_batch_size(config, n)
-        signals = build_signals(n, x=x, mutual_knn=self.mutual_knn, pairs=pairs, labels=labels)
+        probe_labels = self.mode == "auto" and probe is None
+        if probe_labels:
+            notes.append("auto mode: labels used by the probe only; the refiner is trained label-free")
+        train_labels = None if probe_labels else labels
+        signals = build_signals(n, x=x, mutual_knn=self.mutual_knn, pairs=pairs, labels=train_labels)
         loss_fn = loss_resolver.make(self.loss, self.loss_kwargs or None)
         if getattr(loss_fn, "requires_signals", False) and not signals:
             raise ValueError(
@@ -350,16 +387,19 @@ class SimSkip(TransformerMixin, BaseEstimator):
         self.selection_ = None
         if self.mode == "auto":
             with _read_only_shared(x):
-                self._select(x, probe or self.probe, labels)
+                self._select(x, probe, labels, candidates)
         self.fit_seconds_ = time.perf_counter() - tic
         return self
 
-    def _select(self, x: np.ndarray, probe: Probe | None, labels: np.ndarray | None) -> None:
-        if probe is None:
-            assert labels is not None  # checked at the start of fit()
-            probe = LabelProbe(labels)
-            self.uses_labels = True
-        assert self.refiner_ is not None
+    def candidate_maps(self, X: Any, extra: Mapping[str, nn.Module] | None = None) -> dict[str, nn.Module]:
+        """Auto mode's candidate maps for rows ``X`` after training: the identity, the baselines of
+        ``candidates`` fitted on ``X``, the refiner, its blends ``simskip@alpha`` and ``extra``.
+
+        Raises ``ValueError`` when an ``extra`` name clashes with a core candidate.
+        """
+        if self.refiner_ is None:
+            raise RuntimeError("candidate_maps needs a trained refiner; call fit(X) first.")
+        x = as_matrix(X)
         modules: dict[str, nn.Module] = {"identity": nn.Identity()}
         for name in self.candidates:
             modules[name] = baseline_resolver.make(name).fit(x).module()
@@ -368,9 +408,34 @@ class SimSkip(TransformerMixin, BaseEstimator):
             blend = copy.deepcopy(self.refiner_)
             blend.residual_scale = alpha
             modules[f"simskip@{alpha:g}"] = blend
-        vectors = {name: apply_module(module, x) for name, module in modules.items()}
+        for name, module in (extra or {}).items():
+            if name in modules:
+                raise ValueError(f"candidate name {name!r} clashes with a core candidate; rename it.")
+            if not isinstance(module, nn.Module):
+                raise TypeError(f"candidate {name!r} must be a torch.nn.Module, got {type(module).__name__}.")
+            modules[name] = module
+        return modules
+
+    def _select(
+        self,
+        x: np.ndarray,
+        probe: Probe | None,
+        labels: np.ndarray | None,
+        extra: Mapping[str, nn.Module] | None = None,
+    ) -> None:
+        if probe is None:
+            assert labels is not None  # checked at the start of fit()
+            probe = LabelProbe(labels)
+            self.uses_labels = True
+        modules = self.candidate_maps(x, extra)
+        if getattr(probe, "row_normalize", False):
+            modules = {name: RowNormalized(module) for name, module in modules.items()}
+        rows = probe_rows(probe, x.shape[0])
+        scored = x if rows is None else np.asarray(x[rows], dtype=np.float32)
+        vectors = _candidate_vectors(modules, scored, self.refiner_)
         report = select_candidate(vectors, probe, n_splits=self.n_splits)
         report["probe"] = repr(probe)
+        report["rows_scored"] = int(scored.shape[0])
         self.selection_ = report
         self.module_ = modules[report["chosen"]]
 
@@ -473,6 +538,36 @@ class SimSkip(TransformerMixin, BaseEstimator):
 
 
 # ---------------------------------------------------------------------------------------------- fit helpers
+def _candidate_vectors(
+    modules: Mapping[str, nn.Module], x: np.ndarray, refiner: SkipRefiner | None
+) -> dict[str, np.ndarray]:
+    """Each candidate applied once to ``x``; a blend of the refiner is computed from the refiner's output
+    (alpha * f(x) + (1 - alpha) * x is exact when the refiner does not normalise its output)."""
+    vectors: dict[str, np.ndarray] = {}
+    refined = None
+    for name, module in modules.items():
+        if isinstance(module, nn.Identity):
+            vectors[name] = np.asarray(x, dtype=np.float32)
+        elif isinstance(module, SkipRefiner) and refiner is not None and _is_blend_of(module, refiner):
+            if refined is None:
+                refined = apply_module(refiner, x)
+            alpha = float(module.residual_scale)
+            vectors[name] = (alpha * refined + (1.0 - alpha) * x).astype(np.float32)
+        else:
+            vectors[name] = apply_module(module, x)
+    return vectors
+
+
+def _is_blend_of(module: SkipRefiner, refiner: SkipRefiner) -> bool:
+    """Whether ``module`` is ``refiner`` or a copy of it with another ``residual_scale`` (and no output norm)."""
+    if module.normalize_output or refiner.normalize_output or refiner.residual_scale != 1.0:
+        return False
+    if module is refiner:
+        return True
+    mine, theirs = module.state_dict(), refiner.state_dict()
+    return mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
 def _is_positive_int(value: object) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool) and int(value) >= 1
 
@@ -666,7 +761,12 @@ def _describe_module(module: nn.Module) -> tuple[str, dict[str, Any]]:
         return "affine", {"normalize": module.normalize, "has_weight": module.weight is not None}
     if isinstance(module, nn.Identity):
         return "identity", {}
-    raise TypeError(f"cannot save a module of type {type(module).__name__}.")
+    if isinstance(module, RowNormalized):
+        kind, config = _describe_module(module.inner)
+        return "normalized", {"inner_kind": kind, "inner_config": config}
+    raise TypeError(
+        f"cannot save a module of type {type(module).__name__}; only the core's candidate maps can be saved."
+    )
 
 
 def _build_module(
@@ -684,4 +784,9 @@ def _build_module(
         return AffineMap(tensors["mean"], weight, normalize=config["normalize"]).eval()
     if kind == "identity":
         return nn.Identity()
+    if kind == "normalized":
+        inner = {k[len("inner.") :]: v for k, v in tensors.items() if k.startswith("inner.")}
+        return RowNormalized(
+            _build_module(config["inner_kind"], config["inner_config"], inner, refiner)
+        ).eval()
     raise ValueError(f"unknown module kind {kind!r}")

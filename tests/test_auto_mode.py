@@ -1,0 +1,164 @@
+"""Auto mode's selection: labels serve the probe only (no leak), bounded probe rows, extra candidates,
+the refusal without a probe, row-normalising probes and the per-candidate report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from simskip_core import SimSkip
+from simskip_core.api import NO_PROBE_MESSAGE, RowNormalized
+from simskip_core.apply import apply_module
+from simskip_core.selection import LabelProbe, select_candidate, split_labels
+
+FAST = {"epochs": 3, "batch_size": 64, "progress": False}
+
+
+class LabelMemoriser(nn.Module):
+    """A label-using candidate that memorises its training labels: it appends 10 x one-hot of the label of
+    the nearest training row. On its own training rows it is perfect; elsewhere it guesses."""
+
+    def __init__(self, x: np.ndarray, labels: np.ndarray) -> None:
+        super().__init__()
+        keep = labels >= 0
+        self.register_buffer("rows", torch.from_numpy(x[keep]))
+        self.register_buffer("labels", torch.from_numpy(labels[keep]))
+        self.classes = int(labels.max()) + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nearest = torch.cdist(x, self.rows).argmin(dim=1)
+        onehot = nn.functional.one_hot(self.labels[nearest], self.classes).float()
+        return torch.cat([x, 10.0 * onehot], dim=1)
+
+
+def _noise_with_random_labels(n: int = 400, d: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(n, d)).astype(np.float32), rng.integers(0, 2, n)
+
+
+def test_a_leaky_probe_prefers_a_memoriser_and_split_labels_do_not() -> None:
+    x, y = _noise_with_random_labels()
+    leaky = LabelMemoriser(x, y)  # trained on the very labels that score it
+    report = select_candidate({"identity": x, "memoriser": apply_module(leaky, x)}, LabelProbe(y))
+    assert report["chosen"] == "memoriser"
+    train, score = split_labels(y, 0.5, seed=0)
+    assert not np.any((train >= 0) & (score >= 0))
+    assert (train >= 0).sum() + (score >= 0).sum() == len(y)
+    honest = LabelMemoriser(x, train)
+    model = SimSkip(**FAST, mode="auto").fit(x, labels=score, candidates={"memoriser": honest})
+    assert model.chosen == "identity", model.selection_["reason"]
+    assert model.selection_["candidates"]["memoriser"]["mean"] < 0.6
+
+
+def test_auto_mode_labels_serve_the_probe_only(blobs) -> None:
+    x, y = blobs
+    labels = np.where(np.arange(len(y)) % 3 == 0, y, -1)
+    auto = SimSkip(**FAST, mode="auto").fit(x, labels=labels)
+    free = SimSkip(**FAST).fit(x)
+    for (name, a), b in zip(auto.refiner_.state_dict().items(), free.refiner_.state_dict().values()):
+        assert torch.equal(a, b), name  # the refiner never saw a label
+    assert auto.signals_ == [] and auto.uses_labels
+    assert any("probe only" in note for note in auto.fit_notes_)
+
+
+def test_refine_mode_still_trains_with_labels(blobs) -> None:
+    x, y = blobs
+    assert SimSkip(**FAST).fit(x, labels=y).signals_ == ["labels"]
+
+
+def test_label_probe_reads_a_bounded_stratified_sample() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 20_000)
+    probe = LabelProbe(y, max_rows=300)
+    assert 290 <= len(probe.rows) <= 310
+    assert set(np.unique(y[probe.rows])) == {0, 1, 2, 3}
+    z = rng.normal(size=(len(y), 4)).astype(np.float32)
+    assert probe(z, 0) == probe(z[probe.rows], 0)  # full rows or only the probe's rows
+    with pytest.raises(ValueError, match=r"LabelProbe\.rows"):
+        probe(z[:10], 0)
+
+
+def test_auto_mode_applies_candidates_to_the_probe_rows_only() -> None:
+    x, y = _noise_with_random_labels(n=3000, d=8)
+    seen: list[int] = []
+
+    class Counting(LabelProbe):
+        def __call__(self, z: np.ndarray, split_seed: int) -> float:
+            seen.append(z.shape[0])
+            return super().__call__(z, split_seed)
+
+    probe = Counting(y, max_rows=200)
+    model = SimSkip(**FAST, mode="auto").fit(x, probe=probe)
+    assert set(seen) == {len(probe.rows)}
+    assert model.selection_["rows_scored"] == len(probe.rows) < 250
+
+
+def test_blends_scored_from_the_refiner_output_equal_the_blend_maps(blobs) -> None:
+    x, _ = blobs
+    scored: list[np.ndarray] = []
+
+    def probe(z: np.ndarray, seed: int) -> float:
+        scored.append(z)
+        return 0.5
+
+    model = SimSkip(**FAST, mode="auto").fit(x, probe=probe)
+    maps = model.candidate_maps(x)
+    vectors = scored[:: model.n_splits]  # each candidate is scored on n_splits splits in a row
+    assert len(vectors) == len(maps)
+    for vector, (name, module) in zip(vectors, maps.items()):
+        np.testing.assert_allclose(vector, apply_module(module, x), atol=1e-5, err_msg=name)
+
+
+def test_extra_candidates_are_scored_and_can_win(tmp_path) -> None:
+    x, y = _noise_with_random_labels()
+    model = SimSkip(**FAST, mode="auto").fit(x, labels=y, candidates={"memoriser": LabelMemoriser(x, y)})
+    assert model.chosen == "memoriser"  # leaky on purpose: the same labels train and score it
+    with pytest.raises(TypeError, match="only the core's candidate maps"):
+        model.save(tmp_path / "m")
+    with pytest.raises(ValueError, match="clashes"):
+        SimSkip(**FAST, mode="auto").fit(x, labels=y, candidates={"whitening": nn.Identity()})
+    with pytest.raises(ValueError, match="auto mode only"):
+        SimSkip(**FAST).fit(x, candidates={"other": nn.Identity()})
+
+
+def test_auto_mode_without_labels_or_probe_refuses_and_says_why(blobs) -> None:
+    x, _ = blobs
+    with pytest.raises(ValueError) as error:
+        SimSkip(**FAST, mode="auto").fit(x)
+    message = str(error.value)
+    assert message == NO_PROBE_MESSAGE and "\n" not in message
+    assert "label-free-selection.md" in message and "labels=" in message and "probe=" in message
+
+
+def test_a_row_normalising_probe_gets_normalised_candidates_and_transform_returns_them(
+    blobs, tmp_path
+) -> None:
+    x, y = blobs
+    scored: list[np.ndarray] = []
+
+    class NormalisingProbe(LabelProbe):
+        row_normalize = True
+
+        def __call__(self, z: np.ndarray, split_seed: int) -> float:
+            scored.append(z)
+            return super().__call__(z, split_seed)
+
+    model = SimSkip(**FAST, mode="auto").fit(x, probe=NormalisingProbe(y, max_rows=None))
+    out = model.transform(x)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    assert isinstance(model.module_, RowNormalized)
+    assert any(np.array_equal(out, z) for z in scored)  # exactly a scored matrix
+    model.save(tmp_path / "m")
+    assert np.array_equal(SimSkip.load(tmp_path / "m").transform(x), out)
+
+
+def test_selection_report_lists_every_candidate_with_mean_and_noise(blobs) -> None:
+    x, y = blobs
+    model = SimSkip(**FAST, mode="auto").fit(x, labels=y)
+    table = model.selection_["candidates"]
+    assert set(table) == set(model.candidate_maps(x))
+    for row in table.values():
+        assert {"mean", "std", "gain", "noise", "scores"} <= set(row)
+        assert row["noise"] >= 0 and len(row["scores"]) == model.n_splits
