@@ -216,7 +216,7 @@ def select_candidate(
             raise ValueError(f"the probe returned a non-finite score for candidate {name!r}: {values}.")
     ref = np.array(scores[reference])
     ref_se = float(ref.std(ddof=1) / np.sqrt(n_splits))
-    table = {}
+    table: dict[str, dict[str, Any]] = {}
     for name, values in scores.items():
         arr = np.array(values)
         diff = arr - ref
@@ -230,8 +230,8 @@ def select_candidate(
             "noise": max(gain_se, ref_se),
         }
     best = max(table, key=lambda name: (table[name]["mean"], name == reference))
-    noise = table[best]["noise"]
-    gain = table[best]["gain"]
+    noise = float(table[best]["noise"])
+    gain = float(table[best]["gain"])
     if best != reference and gain > z * noise:
         chosen, reason = best, f"{best} beats {reference} by {gain:.4f} > {z} x noise {noise:.4f}"
     elif best == reference:
