@@ -295,7 +295,15 @@ def test_registered_tasks_carry_their_own_evaluation_and_methods():
     )
     assert not hasattr(plugin, "simskip_evaluate") and not hasattr(plugin, "simskip_pair_signals")
     names = [m.name for m in karate.methods]
-    assert names == ["neighbour-average", "sgc-propagation", "spectral", "simskip-structure"]
+    assert names == [
+        "neighbour-average",
+        "sgc-propagation",
+        "spectral",
+        "simskip-structure",
+        "simskip-auto-graph",
+    ]
+    auto = next(m for m in karate.methods if m.name == "simskip-auto-graph")
+    assert auto.family == "simskip" and not auto.uses_labels
 
 
 def test_karate_task_end_to_end(tmp_path):
@@ -314,6 +322,9 @@ def test_karate_task_end_to_end(tmp_path):
         assert out.train.shape[0] == 34
         result = task.evaluate(data, out.train, out.test, 0, {})
         assert 0.0 <= result.metrics["probe_acc"] <= 1.0
+        if method.name == "simskip-auto-graph":
+            assert out.info["probe"].startswith("LinkPredictionProbe") and out.info["uses_labels"] is False
+            assert out.info["chosen"] in out.info["candidate_means"]
 
 
 def test_extract_and_attach_hooks_for_pyg_data():

@@ -21,7 +21,9 @@ __all__ = [
     "STRUCTURE_DEFAULTS",
     "GTFormatError",
     "GTGraph",
+    "GraphAutoSimSkip",
     "GraphDataset",
+    "LinkPredictionProbe",
     "RefineNodes",
     "StructureAwareSimSkip",
     "WalkSkipGram",
@@ -39,6 +41,7 @@ __all__ = [
     "random_walk_skipgram",
     "read_gt",
     "spectral_embedding",
+    "split_edges",
     "supervised_gcn_hidden",
     "text_features",
     "uniform_random_walks",
@@ -46,6 +49,9 @@ __all__ = [
 ]
 
 _EXPORTS = {
+    "GraphAutoSimSkip": "simskip_graph.auto",
+    "LinkPredictionProbe": "simskip_graph.auto",
+    "split_edges": "simskip_graph.auto",
     "GRAPH_DATASETS": "simskip_graph.datasets",
     "GraphDataset": "simskip_graph.datasets",
     "load_graph": "simskip_graph.datasets",

@@ -14,7 +14,8 @@ Protocol (transductive, as usual for node classification):
   nodes) fitted on training nodes, scored on test nodes: accuracy, macro-F1 and 5-NN accuracy.
 * Graph methods (:func:`graph_methods`): neighbour averaging ``x + mean(N(x))``, SGC propagation
   ``S^2 x`` (the structure-aware refiner's starting point), a spectral embedding of the graph alone
-  (ignores the features), and structure-aware SimSkip.
+  (ignores the features), structure-aware SimSkip, and label-free graph auto mode
+  (:class:`~simskip_graph.auto.GraphAutoSimSkip` with its link-prediction probe).
 """
 
 from __future__ import annotations
@@ -314,8 +315,34 @@ def _run_structure(task: Task, data: TaskData, seed: int, state: dict[str, Any])
     return MethodOutput(train=out, test=out, fit_seconds=fit_seconds, info=info)
 
 
+def _run_auto_link(task: Task, data: TaskData, seed: int, state: dict[str, Any]) -> MethodOutput:
+    from simskip_core.bench.methods import simskip_kwargs
+    from simskip_graph.auto import GraphAutoSimSkip
+
+    ei, _ = _graph_of(data)
+    kwargs = simskip_kwargs(task)
+    kwargs.pop("batch_size", None)  # capped to the graph by the refiners
+    model = GraphAutoSimSkip(seed=seed, **{**kwargs, "progress": False})
+    tic = time.perf_counter()
+    model.fit(data.train.vectors, ei)
+    fit_seconds = time.perf_counter() - tic
+    tic = time.perf_counter()
+    out = model.transform(data.train.vectors, ei)
+    assert model.selection_ is not None
+    info = {
+        "apply_seconds": time.perf_counter() - tic,
+        "chosen": model.chosen,
+        "selection_reason": model.selection_["reason"],
+        "probe": model.selection_["probe"],
+        "uses_labels": False,
+        "candidate_means": {name: round(v, 4) for name, v in model.scores().items()},
+    }
+    return MethodOutput(train=out, test=out, fit_seconds=fit_seconds, info=info)
+
+
 def graph_methods() -> list[Method]:
-    """The graph's own rows: non-learned structural baselines and structure-aware SimSkip."""
+    """The graph's own rows: non-learned structural baselines, structure-aware SimSkip and label-free
+    graph auto mode (link prediction on held-out edges over the core's and the graph's candidates)."""
     return [
         Method(
             "neighbour-average",
@@ -347,6 +374,14 @@ def graph_methods() -> list[Method]:
             False,
             _run_structure,
             description="skip refiner on S^2 x, edges as extra positives (multi-similarity loss)",
+        ),
+        Method(
+            "simskip-auto-graph",
+            "simskip",
+            False,
+            _run_auto_link,
+            description="auto mode over the core's and the graph's candidates, probe: link prediction on "
+            "held-out edges (label-free)",
         ),
     ]
 
