@@ -183,14 +183,17 @@ def probe_rows(probe: object, n: int) -> np.ndarray | None:
 
 
 def select_candidate(
-    candidates: Mapping[str, np.ndarray],
-    probe: Probe | Callable[[np.ndarray, int], float],
+    candidates: Mapping[str, Any],
+    probe: Probe | Callable[[Any, int], float],
     *,
     n_splits: int = 5,
     z: float = 2.0,
     reference: str = "identity",
 ) -> dict[str, Any]:
     """Score every candidate on ``n_splits`` validation splits and pick one, conservatively.
+
+    ``candidates`` maps names to what the probe scores: usually (n, d) matrices, or whole models for
+    a probe that scores models (e.g. a KG model whose relations were re-fitted).
 
     The best candidate by mean score wins only if its mean paired gain over ``reference`` exceeds
     ``z`` times the noise, where noise is the larger of the standard error of the paired differences

@@ -35,6 +35,7 @@ from simskip_kg.errors import KGInputError, UnsupportedModelError
 __all__ = [
     "EmbeddingLayout",
     "RepresentationBlock",
+    "entity_rows_normalised",
     "extract_entity_vectors",
     "extract_relation_vectors",
     "with_entity_vectors",
@@ -237,6 +238,14 @@ def _write(model: ERModel, vectors: Any, kind: Kind, *, constrain: bool, as_init
             rep.initializer = PretrainedInitializer(
                 tensor=weight.detach().clone().view(layout.count, *rep._shape)
             )
+
+
+def entity_rows_normalised(model: Any) -> bool:
+    """Whether the model keeps every entity row L2-normalised: one real Embedding block whose constrainer
+    is ``torch.nn.functional.normalize`` (TransE, DistMult). Then a written row is what it scores only
+    once it has unit norm, so SimSkip's auto mode normalises its candidates for such a model."""
+    reps = _representations(_check_model(model), "entity")
+    return len(reps) == 1 and not reps[0].is_complex and reps[0].constrainer is torch.nn.functional.normalize
 
 
 def with_entity_vectors(

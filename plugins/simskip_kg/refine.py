@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from simskip_core.api import SimSkip
+from simskip_core.selection import select_candidate
 from simskip_kg.defaults import DEFAULT_NEIGHBOUR_TOP_K, simskip_batch_size
 from simskip_kg.embeddings import extract_entity_vectors, with_entity_vectors
 from simskip_kg.errors import KGInputError
@@ -145,6 +146,9 @@ def refine_pykeen(
             seconds[name] = fitted.seconds
         timings["refit"] = seconds[REFINED_REFIT]
     final = models[REFINED_REFIT if refit else REFINED]
+    selection = _select_variant(models, kwargs.get("probe"), simskip) if simskip.mode == "auto" else None
+    if selection is not None:
+        final = models[selection["chosen"]]
     if not evaluate:
         return final, None
     assert inp.dataset is not None
@@ -186,5 +190,15 @@ def refine_pykeen(
         n_test_triples=int(ds.testing.mapped_triples.shape[0]),
         refit=fitted.config if refit else None,
         kg_pairs=bool(use_pairs),
+        selection=selection,
     )
     return final, table
+
+
+def _select_variant(models: Mapping[str, Any], probe: Any, simskip: SimSkip) -> dict[str, Any] | None:
+    """Auto mode over the model variants (raw, refined, each with and without the relation re-fit),
+    scored as written back by the probe's ``score_model``; None when the probe cannot score models."""
+    score_model = getattr(probe, "score_model", None)
+    if score_model is None or len(models) < 3:
+        return None
+    return select_candidate(models, score_model, n_splits=simskip.n_splits, reference=RAW)
