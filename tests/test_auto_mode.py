@@ -3,6 +3,9 @@ the refusal without a probe, row-normalising probes and the per-candidate report
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -162,3 +165,19 @@ def test_selection_report_lists_every_candidate_with_mean_and_noise(blobs) -> No
     for row in table.values():
         assert {"mean", "std", "gain", "noise", "scores"} <= set(row)
         assert row["noise"] >= 0 and len(row["scores"]) == model.n_splits
+
+
+def test_cost_benchmark_runs_at_a_small_size(capsys) -> None:
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_auto_cost.py"
+    spec = importlib.util.spec_from_file_location("bench_auto_cost", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        (result,) = bench.main(["--sizes", "600", "--dim", "8", "--epochs", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert result["rows"] == 600 and result["auto"]["rows_scored"] <= 600
+    assert result["ratio_vs_refine_labels"] > 0 and result["ratio_vs_refine"] > 0
+    assert "auto / refine+labels" in capsys.readouterr().out
