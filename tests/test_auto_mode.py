@@ -3,6 +3,7 @@ the refusal without a probe, row-normalising probes and the per-candidate report
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 from pathlib import Path
 
@@ -14,7 +15,10 @@ from torch import nn
 from simskip_core import SimSkip
 from simskip_core.api import NO_PROBE_MESSAGE, RowNormalized
 from simskip_core.apply import apply_module
+from simskip_core.bench.report import _write_results_csv, add_best_row_comparisons, auto_row, auto_summary
+from simskip_core.bench.stats import MethodRecord, PairedBootstrap, summarize_task
 from simskip_core.selection import LabelProbe, select_candidate, split_labels
+from simskip_core.tasks import ItemScores
 
 FAST = {"epochs": 3, "batch_size": 64, "progress": False}
 
@@ -181,3 +185,45 @@ def test_cost_benchmark_runs_at_a_small_size(capsys) -> None:
     assert result["rows"] == 600 and result["auto"]["rows_scored"] <= 600
     assert result["ratio_vs_refine_labels"] > 0 and result["ratio_vs_refine"] > 0
     assert "auto / refine+labels" in capsys.readouterr().out
+
+
+def _record(name: str, family: str, correct: np.ndarray, *, uses_labels: bool = False) -> MethodRecord:
+    record = MethodRecord(name, family, uses_labels)
+    record.metrics[None] = {"acc": float(correct.mean())}
+    record.items[None] = {"acc": ItemScores("mean", correct.astype(np.float64))}
+    return record
+
+
+def test_report_compares_every_row_with_the_best_row_and_states_the_auto_line(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    base = (rng.random(400) < 0.6).astype(float)
+    better = np.where(rng.random(400) < 0.5, 1.0, base)  # ~0.8: the best row
+    worse = np.where(rng.random(400) < 0.5, 0.0, base)  # ~0.3
+    records = [
+        _record("identity", "baseline", base),
+        _record("sgc-propagation", "baseline", better),
+        _record("simskip-auto", "simskip", base),
+        _record("simskip-auto-graph", "simskip", worse),
+    ]
+    bootstrap = PairedBootstrap(n_boot=200, seed=0)
+    summary = summarize_task("t", "acc", records, bootstrap=bootstrap)
+    add_best_row_comparisons(summary, records, bootstrap)
+    rows = summary["rows"]
+    assert rows["sgc-propagation"]["best_row"]["acc"]["outcome"] == "best"
+    versus = rows["identity"]["best_row"]["acc"]
+    assert versus["reference"] == "sgc-propagation" and versus["outcome"] == "loss"
+    assert versus["ci_low"] <= versus["diff"] <= versus["ci_high"] < 0
+    assert auto_row(summary) == "simskip-auto-graph"  # the domain's row, chosen by name, not by score
+    auto = auto_summary([summary])
+    assert (
+        auto["line"]
+        == "auto within noise of the best row on 0 of 1 tasks; significantly worse than identity on 1"
+    )
+    _write_results_csv(tmp_path / "results.csv", [summary], [{"task": "t", "domain": "graph"}])
+    with open(tmp_path / "results.csv", encoding="utf-8") as handle:
+        table = {row["method"]: row for row in csv.DictReader(handle)}
+    assert table["identity"]["best_row_reference"] == "sgc-propagation"
+    assert table["identity"]["outcome_vs_best_row"] == "loss"
+    assert float(table["identity"]["diff_vs_best_row"]) < 0
+    assert table["sgc-propagation"]["outcome_vs_best_row"] == "best"
+    assert {"ci_low_vs_best_row", "ci_high_vs_best_row"} <= set(table["identity"])

@@ -32,15 +32,20 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from simskip_core.bench.stats import (
+    IDENTITY,
     KSHOT_METRIC,
     MethodRecord,
     PairedBootstrap,
     VerdictInterval,
+    _finalise,
     is_refinement,
     overall_summary,
     summarize_task,
     verdict_interval,
 )
+
+#: Name prefix of auto-mode rows (the core's ``simskip-auto`` and a domain plugin's ``simskip-auto-...``).
+AUTO_PREFIX = "simskip-auto"
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -235,11 +240,13 @@ def build_outputs(
     summaries = []
     for task in tasks:
         if task.name in records:
-            summaries.append(
-                summarize_task(task.name, task.primary_metric, records[task.name], bootstrap=bootstrap)
-            )
+            summary = summarize_task(task.name, task.primary_metric, records[task.name], bootstrap=bootstrap)
+            add_best_row_comparisons(summary, records[task.name], bootstrap)
+            summaries.append(summary)
             bootstrap = PairedBootstrap(n_boot=config.n_boot, seed=0)  # free the task's resamples
     overall = overall_summary(summaries)
+    overall["auto"] = auto_summary(summaries)
+    overall["lines"].append(overall["auto"]["line"])
     timings = _timing_summary(cells)
     for summary in summaries:
         for name, row in summary["rows"].items():
@@ -294,6 +301,78 @@ def build_outputs(
     return BenchResult(run=run, summaries=summaries, files=files, markdown=markdown)
 
 
+def add_best_row_comparisons(
+    summary: dict[str, Any], records: Sequence[MethodRecord], bootstrap: PairedBootstrap
+) -> None:
+    """Compare every row with the best row of its section on each metric: ``row["best_row"][metric]``.
+
+    The best row is the one with the highest mean of that metric in the same section (label-free or
+    label-using); the comparison is the suite's paired bootstrap (Holm-adjusted within the section and
+    metric). The best row itself gets a zero difference and the outcome "best".
+    """
+    by_name = {r.name: r for r in records}
+    rows = summary["rows"]
+    for row in rows.values():
+        row["best_row"] = {}
+    for section in ("label-free", "label-using"):
+        names = [name for name, row in rows.items() if row["section"] == section]
+        for metric in sorted({m for name in names for m in rows[name]["metrics"]}):
+            ranked = [
+                name
+                for name in names
+                if metric in rows[name]["metrics"] and np.isfinite(rows[name]["metrics"][metric]["mean"])
+            ]
+            if not ranked:
+                continue
+            best = max(ranked, key=lambda name: rows[name]["metrics"][metric]["mean"])
+            comparisons = [bootstrap.compare(by_name[n], by_name[best], metric) for n in ranked if n != best]
+            _finalise(comparisons, bootstrap.alpha)
+            for c in comparisons:
+                rows[c.method]["best_row"][metric] = c.to_dict()
+            rows[best]["best_row"][metric] = {
+                "reference": best,
+                "diff": 0.0,
+                "ci_low": None,
+                "ci_high": None,
+                "outcome": "best",
+            }
+
+
+def auto_row(summary: Mapping[str, Any]) -> str | None:
+    """The task's auto-mode row for the summary line, fixed before looking at results: a domain plugin's
+    label-free auto row (``simskip-auto-...``), else the core's ``simskip-auto``; None without one."""
+    names = [name for name in summary["rows"] if name.startswith(AUTO_PREFIX)]
+    domain = sorted(n for n in names if n != AUTO_PREFIX and summary["rows"][n]["section"] == "label-free")
+    if domain:
+        return domain[0]
+    return AUTO_PREFIX if AUTO_PREFIX in names else None
+
+
+def auto_summary(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Where auto mode ran: on how many tasks it is within noise of the best row of its section (its
+    primary-metric comparison with that row is not a loss) and on how many it is significantly worse
+    than identity; the one-line statement for the report."""
+    within, worse, ran = [], [], []
+    for summary in summaries:
+        name = auto_row(summary)
+        if name is None:
+            continue
+        row = summary["rows"][name]
+        versus_best = row.get("best_row", {}).get(summary["primary_metric"])
+        if versus_best is None:
+            continue
+        ran.append(summary["task"])
+        if versus_best["outcome"] in {"best", "tie", "win"}:
+            within.append(summary["task"])
+        if name != IDENTITY and row["comparisons"].get("vs_identity", {}).get("outcome") == "loss":
+            worse.append(summary["task"])
+    line = (
+        f"auto within noise of the best row on {len(within)} of {len(ran)} tasks; "
+        f"significantly worse than identity on {len(worse)}"
+    )
+    return {"tasks": ran, "within_noise_of_best": within, "worse_than_identity": worse, "line": line}
+
+
 def _record_session(out: Path, wall_seconds: float | None, cpu_seconds: float | None) -> list[dict[str, Any]]:
     """Append this session (a first run or a ``--resume``) to ``<out>/sessions.json``; return them all
     (``wall_seconds=None``: nothing ran, nothing is appended)."""
@@ -346,6 +425,13 @@ def _write_results_csv(
             f"p_holm_vs_{ref}",
             f"outcome_vs_{ref}",
         ]
+    header += [
+        "best_row_reference",
+        "diff_vs_best_row",
+        "ci_low_vs_best_row",
+        "ci_high_vs_best_row",
+        "outcome_vs_best_row",
+    ]
     header += ["fit_seconds", "apply_items_per_second", "peak_rss_increase_mb"]
     rows = []
     for summary in summaries:
@@ -377,6 +463,15 @@ def _write_results_csv(
                                 f"outcome_vs_{ref}": c["outcome"],
                             }
                         )
+                best = row.get("best_row", {}).get(metric)
+                if best is not None:
+                    entry.update(
+                        best_row_reference=best["reference"],
+                        diff_vs_best_row=best["diff"],
+                        ci_low_vs_best_row=best["ci_low"],
+                        ci_high_vs_best_row=best["ci_high"],
+                        outcome_vs_best_row=best["outcome"],
+                    )
                 rows.append(entry)
     _write_csv(path, header, rows)
 
