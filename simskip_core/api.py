@@ -89,6 +89,8 @@ _NEWER_PARAM_TYPES: dict[str, tuple[type, ...]] = {
     "augment_fit_rows": (*_INT, _OPTIONAL),
 }
 _BOOL_PARAMS = frozenset({"normalize_output", "progress"})
+#: Rows auto mode fits its baseline candidates on at most (a seeded sample beyond that).
+BASELINE_FIT_ROWS = 20_000
 #: Why auto mode refuses to run without labels or a probe, and what to pass instead (one line).
 NO_PROBE_MESSAGE = (
     "auto mode needs a probe to compare candidates and there is none: label-free criteria measured on "
@@ -393,13 +395,14 @@ class SimSkip(TransformerMixin, BaseEstimator):
 
     def candidate_maps(self, X: Any, extra: Mapping[str, nn.Module] | None = None) -> dict[str, nn.Module]:
         """Auto mode's candidate maps for rows ``X`` after training: the identity, the baselines of
-        ``candidates`` fitted on ``X``, the refiner, its blends ``simskip@alpha`` and ``extra``.
+        ``candidates`` fitted on ``X`` (on a seeded sample of :data:`BASELINE_FIT_ROWS` rows when
+        ``X`` has more), the refiner, its blends ``simskip@alpha`` and ``extra``.
 
         Raises ``ValueError`` when an ``extra`` name clashes with a core candidate.
         """
         if self.refiner_ is None:
             raise RuntimeError("candidate_maps needs a trained refiner; call fit(X) first.")
-        x = as_matrix(X)
+        x = _baseline_rows(as_matrix(X), self.seed)
         modules: dict[str, nn.Module] = {"identity": nn.Identity()}
         for name in self.candidates:
             modules[name] = baseline_resolver.make(name).fit(x).module()
@@ -538,6 +541,15 @@ class SimSkip(TransformerMixin, BaseEstimator):
 
 
 # ---------------------------------------------------------------------------------------------- fit helpers
+def _baseline_rows(x: np.ndarray, seed: int) -> np.ndarray:
+    """``x``, or a seeded sample of :data:`BASELINE_FIT_ROWS` of its rows (sorted) when it has more: the
+    baselines' mean and covariance cost O(rows x d^2), a bounded sample keeps selection O(1) in the rows."""
+    if x.shape[0] <= BASELINE_FIT_ROWS:
+        return x
+    rows = np.sort(np.random.default_rng(seed).choice(x.shape[0], size=BASELINE_FIT_ROWS, replace=False))
+    return np.asarray(x[rows])
+
+
 def _candidate_vectors(
     modules: Mapping[str, nn.Module], x: np.ndarray, refiner: SkipRefiner | None
 ) -> dict[str, np.ndarray]:
