@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from simskip_core import SimSkip
+from simskip_core import SimSkip, api
 from simskip_core.api import NO_PROBE_MESSAGE, RowNormalized
 from simskip_core.apply import apply_module
 from simskip_core.bench.report import _write_results_csv, add_best_row_comparisons, auto_row, auto_summary
@@ -159,6 +159,17 @@ def test_a_row_normalising_probe_gets_normalised_candidates_and_transform_return
     assert any(np.array_equal(out, z) for z in scored)  # exactly a scored matrix
     model.save(tmp_path / "m")
     assert np.array_equal(SimSkip.load(tmp_path / "m").transform(x), out)
+
+
+def test_baseline_candidates_are_fitted_on_a_bounded_sample(blobs, monkeypatch) -> None:
+    x, _ = blobs
+    model = SimSkip(**FAST).fit(x)
+    full = model.candidate_maps(x)["centerl2"].mean.clone()
+    monkeypatch.setattr(api, "BASELINE_FIT_ROWS", 50)
+    sampled = model.candidate_maps(x)["centerl2"].mean
+    rows = np.sort(np.random.default_rng(model.seed).choice(len(x), size=50, replace=False))
+    np.testing.assert_allclose(sampled.numpy(), x[rows].astype(np.float64).mean(0), rtol=1e-6)
+    assert not torch.allclose(sampled, full)
 
 
 def test_selection_report_lists_every_candidate_with_mean_and_noise(blobs) -> None:
