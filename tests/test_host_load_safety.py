@@ -63,7 +63,8 @@ def test_structure_aware_simskip_is_exported_by_the_graph_package():
 # ------------------------------------------------------------------------------- text
 @pytest.fixture(scope="module")
 def saved_text_model(tmp_path_factory):
-    """A refined all-MiniLM-L6-v2 saved with ``model.save``, and the sentences it encodes."""
+    """A refined all-MiniLM-L6-v2 saved in the stage form (``model.save(path, portable=False)``), and the
+    sentences it encodes: the tampering tests need a folder that ``load_refined_model`` must check."""
     from simskip_text import load_default_model, refine_model
 
     rng = np.random.default_rng(0)
@@ -72,7 +73,7 @@ def saved_text_model(tmp_path_factory):
     embeddings = model.encode(sentences * 6) + rng.normal(0, 0.01, (36, 384)).astype(np.float32)
     refined = refine_model(model, embeddings=embeddings, epochs=2, batch_size=8, progress=False, seed=0)
     path = tmp_path_factory.mktemp("text") / "refined"
-    refined.save(str(path))
+    refined.save(str(path), portable=False)
     return path, refined, sentences
 
 

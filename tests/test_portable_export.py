@@ -15,8 +15,8 @@ import pytest
 import torch
 from simskip_text import tasks as text_tasks
 from simskip_text.export import portable_blocker, portable_modules, save_refined_model, to_portable
-from simskip_text.load import load_refined_model
-from simskip_text.module import SimSkipStage
+from simskip_text.load import STAGE_TYPE, load_refined_model
+from simskip_text.module import RefinedSentenceTransformer, SimSkipStage, as_refined
 from simskip_text.refine import refine_model
 
 from simskip_core.refiner import SkipRefiner
@@ -117,3 +117,44 @@ def test_non_portable_map_keeps_the_stage_and_says_so(model, tmp_path, caplog):
     types = [entry["type"] for entry in json.loads((folder / "modules.json").read_text())]
     assert types[-1] == "simskip_text.module.SimSkipStage"
     assert np.array_equal(load_refined_model(folder).encode(SENTENCES), gelu.encode(SENTENCES))
+
+
+def test_refined_save_writes_the_portable_form_by_default(refined, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    assert isinstance(refined, RefinedSentenceTransformer)
+    stage_vectors = refined.encode(SENTENCES)
+    for name, save in (("save", refined.save), ("save_pretrained", refined.save_pretrained)):
+        folder = tmp_path / name
+        save(str(folder))
+        types = [entry["type"] for entry in json.loads((folder / "modules.json").read_text())]
+        assert all(kind.startswith("sentence_transformers.") for kind in types), types
+        assert "## SimSkip refinement" in (folder / "README.md").read_text()
+        reloaded = SentenceTransformer(str(folder), trust_remote_code=False)
+        assert np.abs(reloaded.encode(SENTENCES) - stage_vectors).max() < TOLERANCE
+    assert isinstance(refined[-1], SimSkipStage)  # saving leaves the in-memory stage in place
+
+
+def test_refined_save_with_portable_false_keeps_the_stage(refined, tmp_path):
+    folder = tmp_path / "stage"
+    refined.save(str(folder), portable=False)
+    types = [entry["type"] for entry in json.loads((folder / "modules.json").read_text())]
+    assert types[-1] == STAGE_TYPE
+    reloaded = load_refined_model(folder)
+    assert np.array_equal(reloaded.encode(SENTENCES), refined.encode(SENTENCES))
+    assert isinstance(reloaded, RefinedSentenceTransformer)  # so saving it again is portable too
+    reloaded.save(str(tmp_path / "again"))
+    again = json.loads((tmp_path / "again" / "modules.json").read_text())
+    assert all(entry["type"].startswith("sentence_transformers.") for entry in again)
+
+
+def test_a_subclass_of_the_users_own_is_left_alone():
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Normalize
+
+    class Custom(SentenceTransformer):
+        """A user's own subclass."""
+
+    custom = Custom(modules=[Normalize()])
+    assert type(as_refined(custom)) is Custom
+    assert type(as_refined(SentenceTransformer(modules=[Normalize()]))) is RefinedSentenceTransformer

@@ -162,9 +162,9 @@ def test_stage_rejects_a_base_model_with_another_dimension(model, refined):
 # ------------------------------------------------------------------------------- save / load
 @pytest.fixture(scope="module")
 def saved(refined, tmp_path_factory) -> Path:
-    """The refined model saved once with ``model.save``."""
+    """The refined model saved once in the stage form (``model.save(path, portable=False)``)."""
     path = tmp_path_factory.mktemp("saved") / "refined"
-    refined.save(str(path))
+    refined.save(str(path), portable=False)
     return path
 
 

@@ -2,13 +2,16 @@
 
 Quick start (offline, with the shipped all-MiniLM-L6-v2)::
 
+    from sentence_transformers import SentenceTransformer
     from simskip_text import load_default_model, load_refined_model, refine_model
 
     model = load_default_model()
     refined = refine_model(model, corpus_texts, epochs=20)
     refined.encode(["a sentence"])  # refined embeddings
-    refined.save("my-refined-model")
-    load_refined_model("my-refined-model")  # checks the folder, runs no code from it
+    refined.save("my-refined-model")  # built-in Dense modules where exact (the default refiner)
+    SentenceTransformer("my-refined-model")  # so plain sentence-transformers reloads it
+    refined.save("stage-form", portable=False)  # keeps the SimSkipStage:
+    load_refined_model("stage-form")  # checks the folder, runs no code from it
 
 Heavy imports (sentence-transformers, torch models) happen only when these names are first used.
 """
@@ -19,6 +22,7 @@ from simskip_core.lazy import lazy_exports
 
 __all__ = [
     "STAGE_TYPE",
+    "RefinedSentenceTransformer",
     "SimSkipStage",
     "UnsafeModelError",
     "attach_simskip",
@@ -34,6 +38,7 @@ __all__ = [
 ]
 
 _EXPORTS = {
+    "RefinedSentenceTransformer": "simskip_text.module",
     "SimSkipStage": "simskip_text.module",
     "attach_simskip": "simskip_text.refine",
     "find_stage": "simskip_text.refine",

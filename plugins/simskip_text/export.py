@@ -9,7 +9,8 @@ because relu(x) - relu(-x) = x carries the skip connection through the ReLU::
     Normalize()                    when the refiner or the stage L2-normalises
 
 :func:`to_portable` swaps a model's :class:`~simskip_text.module.SimSkipStage` for these modules;
-:func:`save_refined_model` saves that form by default, with a model card that names the refinement.
+:func:`save_refined_model`, and so ``refined.save(path)`` of the model ``refine_model`` returns, saves
+that form by default, with a model card that names the refinement.
 A fitted map that is not such a refiner (another activation, a norm layer, depth != 2, a baseline or the
 identity chosen by auto mode) keeps the SimSkip stage, and a warning says so: that folder then needs
 :func:`simskip_text.load_refined_model`.
@@ -268,6 +269,9 @@ def save_refined_model(
 ) -> Path:
     """Save a refined model to ``path``; by default in the portable form :func:`to_portable` builds.
 
+    ``refined.save(path)`` calls this for the models ``refine_model``, ``attach_simskip`` and
+    ``load_refined_model`` return (:class:`~simskip_text.module.RefinedSentenceTransformer`).
+
     The model card (README.md) gets the ``simskip`` tag, a model name distinct from the base model's
     and a section on how the model was refined (when the model came from ``refine_model`` or
     ``attach_simskip``).
@@ -281,10 +285,12 @@ def save_refined_model(
     Returns:
         The folder written.
     """
+    from sentence_transformers import SentenceTransformer
+
     folder = Path(path).expanduser()
     target = to_portable(model) if portable else model
     section = getattr(model, "_simskip_card", None)
-    target.save(str(folder), **save_kwargs)
+    SentenceTransformer.save(target, str(folder), **save_kwargs)  # the base class's: no recursion
     readme = folder / "README.md"
     if section and readme.is_file():
         with readme.open("a", encoding="utf-8") as handle:

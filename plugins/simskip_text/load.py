@@ -125,6 +125,9 @@ def check_refined_folder(path: str | Path) -> list[dict[str, Any]]:
 def load_refined_model(path: str | Path, **kwargs: Any) -> SentenceTransformer:
     """Load a refined model saved with ``refined.save(path)``, running no code from the folder.
 
+    Needed for the stage form (``refined.save(path, portable=False)``, or a map without a Dense form);
+    a portable folder also loads with plain ``SentenceTransformer(path)``.
+
     The folder is checked first (:func:`check_refined_folder`); it is then loaded with
     ``trust_remote_code=False``: sentence-transformers' own modules come from the installed
     ``sentence_transformers`` package and the SimSkip stage from the installed ``simskip_text``.
@@ -142,7 +145,8 @@ def load_refined_model(path: str | Path, **kwargs: Any) -> SentenceTransformer:
     from sentence_transformers import SentenceTransformer
 
     from simskip_text.export import restore_card
-    from simskip_text.module import SimSkipStage
+    from simskip_text.module import SimSkipStage, as_refined
+    from simskip_text.refine import find_stage
 
     if kwargs.pop("trust_remote_code", False):
         raise ValueError(
@@ -163,4 +167,4 @@ def load_refined_model(path: str | Path, **kwargs: Any) -> SentenceTransformer:
         )
         model = SentenceTransformer(str(folder), trust_remote_code=True, **kwargs)
     restore_card(model, folder)
-    return model
+    return as_refined(model) if find_stage(model) is not None else model

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Module, Normalize
 from torch import Tensor
 
@@ -34,7 +35,7 @@ try:
 except ImportError:  # Python < 3.11
     from typing_extensions import Self
 
-__all__ = ["SimSkipStage", "pipeline_normalizes"]
+__all__ = ["RefinedSentenceTransformer", "SimSkipStage", "as_refined", "pipeline_normalizes"]
 
 _SIMSKIP_FILES = ("config.json", "model.safetensors")
 
@@ -233,3 +234,49 @@ def _missing_message(where: str, name: str) -> str:
         "model folder, or save the refined model again with model.save(path); to use the base model "
         "without refinement, load the original model instead."
     )
+
+
+class RefinedSentenceTransformer(SentenceTransformer):
+    """A ``SentenceTransformer`` holding a :class:`SimSkipStage`, whose ``save`` writes the portable form.
+
+    ``refine_model``, ``attach_simskip`` and ``load_refined_model`` return this class (it adds nothing
+    but ``save``). ``save(path)`` (and so ``save_pretrained`` and ``push_to_hub``) writes the stage as
+    sentence-transformers' own ``Dense`` modules when the fitted map has an exact Dense form, so plain
+    ``SentenceTransformer(path)`` reloads it with no ``trust_remote_code``; otherwise it keeps the stage
+    and logs a warning (see :func:`simskip_text.export.to_portable`). ``save(path, portable=False)``
+    always writes the stage form, which reloads with :func:`simskip_text.load_refined_model`.
+    """
+
+    def save(
+        self,
+        path: str,
+        model_name: str | None = None,
+        create_model_card: bool = True,
+        train_datasets: list[str] | None = None,
+        safe_serialization: bool = True,
+        *,
+        portable: bool = True,
+    ) -> None:
+        """Save to ``path`` as :func:`simskip_text.save_refined_model` does; ``portable=False`` keeps the stage."""
+        from simskip_text.export import save_refined_model
+
+        save_refined_model(
+            self,
+            path,
+            portable=portable,
+            model_name=model_name,
+            create_model_card=create_model_card,
+            train_datasets=train_datasets,
+            safe_serialization=safe_serialization,
+        )
+
+
+def as_refined(model: SentenceTransformer) -> SentenceTransformer:
+    """Make a plain ``SentenceTransformer`` a :class:`RefinedSentenceTransformer` (in place); return it.
+
+    A subclass of ``SentenceTransformer`` other than that one is left as it is: its ``save`` writes the
+    stage form, and :func:`simskip_text.save_refined_model` writes the portable one.
+    """
+    if type(model) is SentenceTransformer:
+        model.__class__ = RefinedSentenceTransformer
+    return model

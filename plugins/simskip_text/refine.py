@@ -63,15 +63,17 @@ def attach_simskip(
         normalize: L2-normalise the stage's output; default: when the pipeline ends in ``Normalize``.
 
     The result's ``model_card_data`` names the refined model (``simskip/<base>-simskip-<digest>``, never
-    the base model's name), records the base model and carries the ``simskip`` tag; save it with
-    :func:`simskip_text.save_refined_model` for a folder plain ``SentenceTransformer(path)`` reloads.
+    the base model's name), records the base model and carries the ``simskip`` tag. It is a
+    :class:`~simskip_text.module.RefinedSentenceTransformer` (when ``model`` is a plain
+    ``SentenceTransformer``): ``refined.save(path)`` writes the portable form that plain
+    ``SentenceTransformer(path)`` reloads; ``refined.save(path, portable=False)`` keeps the stage.
 
     Raises:
         ValueError: ``model`` already has a stage, or its embedding dimension differs from the one
             ``simskip`` was fitted on.
     """
     from simskip_text.export import describe_refinement
-    from simskip_text.module import SimSkipStage, pipeline_normalizes
+    from simskip_text.module import SimSkipStage, as_refined, pipeline_normalizes
 
     _check_model(model)
     _refuse_second_stage(model)
@@ -91,7 +93,7 @@ def attach_simskip(
     stage.to(target.device)
     target.append(stage)
     describe_refinement(target, stage.simskip)
-    return target
+    return as_refined(target)
 
 
 def refine_model(
