@@ -19,7 +19,9 @@ from simskip_text.adapter import (
     fit_query_adapter,
     mine_negatives,
     query_adapter_loss,
+    split_queries,
 )
+from simskip_text.retrieval import retrieval_scores
 
 QUERIES = ["a strategy game", "a font family", "an xml parser library", "a text editor"]
 DOCS = [
@@ -79,12 +81,62 @@ def _top1(q, d, relevant):
 
 def test_query_adapter_learns_a_query_map_the_raw_embeddings_miss():
     queries, docs, relevant = _toy()
-    adapter = fit_query_adapter(queries, docs, relevant, epochs=60, batch_size=10, negatives=4, lr=1e-2)
+    kwargs = {"epochs": 60, "batch_size": 10, "lr": 1e-2, "validation": 0}  # capacity: no early stop
+    adapter = fit_query_adapter(queries, docs, relevant, negatives=4, **kwargs)
     with torch.no_grad():
         adapted = adapter(torch.as_tensor(queries)).numpy()
     assert _top1(adapted, docs, relevant) > _top1(queries, docs, relevant) + 0.3
-    linear = fit_linear_adapter(queries, docs, relevant, epochs=60, batch_size=10, lr=1e-2)
+    assert adapter.fit_info_.val_ndcg == () and adapter.fit_info_.best_epoch == 60
+    linear = fit_linear_adapter(queries, docs, relevant, **kwargs)
     assert torch.allclose(linear.weight.diagonal().mean(), torch.tensor(1.0), atol=0.5)
+
+
+def test_split_queries_is_seeded_disjoint_and_refuses_too_few():
+    train, val = split_queries(50, 0.2, 3)
+    assert len(val) == 10 and len(train) == 40 and not np.intersect1d(train, val).size
+    assert np.array_equal(np.union1d(train, val), np.arange(50))
+    assert np.array_equal(split_queries(50, 0.2, 3)[1], val) and not np.array_equal(
+        split_queries(50, 0.2, 4)[1], val
+    )
+    assert len(split_queries(5, 0.0, 0)[1]) == 0
+    with pytest.raises(ValueError, match="leaves 0 validation"):
+        split_queries(2, 0.2, 0)
+    with pytest.raises(ValueError, match=r"fraction in \[0, 1\)"):
+        split_queries(10, 1.0, 0)
+
+
+def _identity_is_best(seed=0):
+    """Queries equal to their documents; the validation queries are labelled truly, the training ones at
+    random, so every training step can only hurt the validation ranking."""
+    rng = np.random.default_rng(seed)
+    docs = F.normalize(torch.as_tensor(rng.normal(size=(60, 16)), dtype=torch.float32), dim=-1).numpy()
+    _, val = split_queries(60, 0.2, seed)
+    relevant = [np.array([i]) if i in val else np.array([int(rng.integers(60))]) for i in range(60)]
+    return docs.copy(), docs, relevant
+
+
+@pytest.mark.parametrize("fit", [fit_query_adapter, fit_linear_adapter])
+def test_early_stopping_keeps_the_identity_when_training_only_hurts_validation(fit):
+    queries, docs, relevant = _identity_is_best()
+    adapter = fit(queries, docs, relevant, epochs=40, batch_size=8, lr=1e-2, patience=3)
+    info = adapter.fit_info_
+    assert info.val_ndcg[0] == pytest.approx(1.0) and info.best_epoch == 0 and info.epochs_run == 3
+    assert (info.n_train_queries, info.n_val_queries) == (48, 12)
+    with torch.no_grad():
+        out = F.normalize(adapter(torch.as_tensor(queries)), dim=-1).numpy()
+    assert np.abs(out - queries).max() < 1e-6  # the restored weights are the untrained ones
+
+
+def test_early_stopping_restores_the_best_validation_epoch():
+    queries, docs, relevant = _toy()
+    adapter = fit_query_adapter(queries, docs, relevant, epochs=30, batch_size=10, negatives=4, lr=1e-2)
+    info = adapter.fit_info_
+    assert info.best_epoch > 0 and info.val_ndcg[info.best_epoch] == max(info.val_ndcg)
+    _, val = split_queries(len(queries), 0.2, 0)
+    with torch.no_grad():
+        adapted = adapter(torch.as_tensor(queries[val])).numpy()
+    got = retrieval_scores(adapted, docs, [relevant[i] for i in val])["ndcg@10"].mean()
+    assert got == pytest.approx(info.val_ndcg[info.best_epoch])
 
 
 @pytest.mark.slow
@@ -94,10 +146,12 @@ def test_encode_query_is_adapted_and_encode_document_is_not_before_and_after_rel
 
     model = text_tasks._shipped_model()
     q, d = model.encode(QUERIES), model.encode(DOCS)
-    adapter = fit_query_adapter(q, d, [np.array([i]) for i in range(4)], epochs=30, batch_size=4, negatives=1)
+    adapter = fit_query_adapter(
+        q, d, [np.array([i]) for i in range(4)], epochs=30, batch_size=4, negatives=1, validation=0
+    )
     for linear in (False, True):
         chosen = (
-            fit_linear_adapter(q, d, [np.array([i]) for i in range(4)], epochs=30, batch_size=4)
+            fit_linear_adapter(q, d, [np.array([i]) for i in range(4)], epochs=30, batch_size=4, validation=0)
             if linear
             else adapter
         )

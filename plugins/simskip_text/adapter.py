@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import copy
+import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -27,12 +29,16 @@ if TYPE_CHECKING:
     from sentence_transformers.base.modules import Module
 
 __all__ = [
+    "AdapterFit",
     "attach_query_adapter",
     "fit_linear_adapter",
     "fit_query_adapter",
     "mine_negatives",
     "query_adapter_loss",
+    "split_queries",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 def query_adapter_loss(
@@ -77,6 +83,26 @@ def mine_negatives(
     return np.asarray(part, dtype=np.int64)
 
 
+@dataclass(frozen=True)
+class AdapterFit:
+    """How a query adapter was trained, set as ``adapter.fit_info_`` by the fit functions.
+
+    Attributes:
+        val_ndcg: validation nDCG@10 of the adapted held-out queries against the fixed corpus, per epoch;
+            entry 0 is before any training (the identity). Empty when ``validation=0``.
+        best_epoch: the epoch whose weights were kept (0: the identity); the last epoch run when there
+            is no validation split.
+        epochs_run: epochs trained before early stopping (or all of them).
+        n_train_queries, n_val_queries: the split of the given queries.
+    """
+
+    val_ndcg: tuple[float, ...]
+    best_epoch: int
+    epochs_run: int
+    n_train_queries: int
+    n_val_queries: int
+
+
 def _pair_arrays(relevant: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     rows = [(q, int(d)) for q, docs in enumerate(relevant) for d in docs]
     pairs = np.array(rows, dtype=np.int64).reshape(-1, 2)
@@ -85,6 +111,62 @@ def _pair_arrays(relevant: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 def _unit(x: np.ndarray) -> torch.Tensor:
     return F.normalize(torch.as_tensor(np.asarray(x, dtype=np.float32)), dim=-1)
+
+
+def split_queries(n: int, validation: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (training, validation) query indices: ``round(validation * n)`` queries are held out.
+
+    Raises:
+        ValueError: ``validation`` is outside [0, 1), or it leaves no validation or fewer than 2
+            training queries (pass ``validation=0`` to train on every pair without early stopping).
+    """
+    if not 0.0 <= validation < 1.0:
+        raise ValueError(f"validation must be a fraction in [0, 1), got {validation!r}.")
+    n_val = round(validation * n)
+    order = np.random.default_rng([seed, n]).permutation(n)
+    if validation > 0 and (n_val < 1 or n - n_val < 2):
+        raise ValueError(
+            f"validation={validation} of {n} queries leaves {n_val} validation and {n - n_val} training "
+            "queries; give more labelled pairs or pass validation=0 (no early stopping)."
+        )
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def _val_ndcg(
+    adapter: nn.Module, queries: torch.Tensor, docs: np.ndarray, relevant: list[np.ndarray]
+) -> float:
+    from simskip_text.retrieval import retrieval_scores
+
+    adapter.eval()
+    with torch.no_grad():
+        adapted = adapter(queries).numpy()
+    adapter.train()
+    return float(retrieval_scores(adapted, docs, relevant)["ndcg@10"].mean())
+
+
+def _run_epoch(
+    adapter: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: list[np.ndarray],
+    tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+    pairs: tuple[np.ndarray, np.ndarray],
+    temperature: float,
+) -> None:
+    q, d, mined = tensors
+    query_ids, doc_ids = pairs
+    for rows in batches:
+        qi, di = torch.as_tensor(query_ids[rows]), torch.as_tensor(doc_ids[rows])
+        adapted = F.normalize(adapter(q[qi]), dim=-1)
+        neg = d[mined[qi]] if mined is not None else torch.zeros(len(rows), 0, d.shape[1])
+        loss = query_adapter_loss(adapted, d[di], neg, di, temperature=temperature)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def _batches(rng: np.random.Generator, n_pairs: int, batch_size: int) -> list[np.ndarray]:
+    order = rng.permutation(n_pairs)
+    return [b for b in np.array_split(order, range(batch_size, n_pairs, batch_size)) if len(b) >= 2]
 
 
 def _train(
@@ -99,33 +181,53 @@ def _train(
     lr: float,
     weight_decay: float,
     temperature: float,
+    validation: float,
+    patience: int,
     seed: int,
-) -> None:
+) -> AdapterFit:
+    """Train ``adapter`` in place; with a validation split, keep the epoch of best validation nDCG@10."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    train_idx, val_idx = split_queries(len(queries), validation, seed)
     q, d = _unit(queries), _unit(docs)
-    query_ids, doc_ids = _pair_arrays(relevant)
+    train_rel = [relevant[i] for i in train_idx]
+    pairs = _pair_arrays(train_rel)
     mined = (
-        torch.as_tensor(mine_negatives(q.numpy(), d.numpy(), relevant, count=negatives))
+        torch.as_tensor(mine_negatives(q[train_idx].numpy(), d.numpy(), train_rel, count=negatives))
         if negatives
         else None
     )
+    tensors = (q[train_idx], d, mined)
+    val_q, val_rel = q[val_idx], [relevant[i] for i in val_idx]
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=lr, weight_decay=weight_decay)
     adapter.train()
-    for _ in range(epochs):
-        order = rng.permutation(len(query_ids))
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            if len(rows) < 2:
-                continue
-            qi, di = torch.as_tensor(query_ids[rows]), torch.as_tensor(doc_ids[rows])
-            adapted = F.normalize(adapter(q[qi]), dim=-1)
-            neg = d[mined[qi]] if mined is not None else torch.zeros(len(rows), 0, d.shape[1])
-            loss = query_adapter_loss(adapted, d[di], neg, di, temperature=temperature)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    scores = [_val_ndcg(adapter, val_q, d.numpy(), val_rel)] if len(val_idx) else []
+    best_epoch, best_state, epoch = 0, copy.deepcopy(adapter.state_dict()), 0
+    for epoch in range(1, epochs + 1):
+        _run_epoch(adapter, optimizer, _batches(rng, len(pairs[0]), batch_size), tensors, pairs, temperature)
+        if not scores:
+            continue
+        scores.append(_val_ndcg(adapter, val_q, d.numpy(), val_rel))
+        if scores[-1] > scores[best_epoch]:
+            best_epoch, best_state = epoch, copy.deepcopy(adapter.state_dict())
+        elif epoch - best_epoch >= patience:
+            break
+    if scores:
+        adapter.load_state_dict(best_state)
     adapter.eval()
+    fit = AdapterFit(tuple(scores), best_epoch if scores else epoch, epoch, len(train_idx), len(val_idx))
+    logger.info(
+        "query adapter: kept epoch %d of %d (validation nDCG@10 %s)",
+        fit.best_epoch,
+        fit.epochs_run,
+        f"{scores[0]:.4f} -> {scores[best_epoch]:.4f}" if scores else "not measured",
+    )
+    return fit
+
+
+def _check_pairs(queries: np.ndarray, relevant: list[np.ndarray]) -> None:
+    if len(queries) != len(relevant):
+        raise ValueError(f"{len(queries)} queries but {len(relevant)} relevance lists; give one per query.")
 
 
 def fit_query_adapter(
@@ -134,15 +236,23 @@ def fit_query_adapter(
     relevant: list[np.ndarray],
     *,
     negatives: int = 8,
-    epochs: int = 20,
+    epochs: int = 50,
     batch_size: int = 64,
     lr: float = 1e-3,
     weight_decay: float = 1e-4,
     temperature: float = 0.05,
     hidden_dim: int | None = None,
+    validation: float = 0.2,
+    patience: int = 5,
     seed: int = 0,
 ) -> SkipRefiner:
     """Train the SimSkip query map f(q) = q + g(q) (normalised output) on labelled pairs.
+
+    A seeded ``validation`` share of the queries is held out; after every epoch the adapted held-out
+    queries are ranked against the fixed corpus, and the weights of the epoch with the best nDCG@10 are
+    kept (epoch 0 is the identity, since g's last layer starts at zero, so the adapter is never worse
+    than the raw embeddings on the held-out queries). Training stops after ``patience`` epochs without
+    improvement. ``adapter.fit_info_`` (an :class:`AdapterFit`) records the curve.
 
     Args:
         queries: (n, d) embeddings of the training queries.
@@ -150,15 +260,19 @@ def fit_query_adapter(
         relevant: per training query, the indices of its relevant documents in ``docs``.
         negatives: hard negatives mined per query (the top-scoring non-relevant documents under the raw
             embeddings), in addition to the batch's other positives; 0 uses in-batch negatives only.
-        epochs, batch_size, lr, weight_decay, temperature: the AdamW optimisation and the InfoNCE temperature.
+        epochs, batch_size, lr, weight_decay, temperature: the AdamW optimisation (weight decay pulls g
+            towards zero, i.e. f towards the identity) and the InfoNCE temperature; ``epochs`` is the most
+            epochs run.
         hidden_dim: width of g (default d).
-        seed: seed of initialisation and batch order.
+        validation: the share of queries held out for early stopping; 0 trains on all of them for
+            ``epochs`` epochs.
+        patience: epochs without a better validation nDCG@10 before stopping.
+        seed: seed of the split, initialisation and batch order.
     """
-    if len(queries) != len(relevant):
-        raise ValueError(f"{len(queries)} queries but {len(relevant)} relevance lists; give one per query.")
+    _check_pairs(queries, relevant)
     torch.manual_seed(seed)
     refiner = SkipRefiner(int(queries.shape[1]), hidden_dim=hidden_dim, normalize_output=True)
-    _train(
+    refiner.__dict__["fit_info_"] = _train(
         refiner,
         queries,
         docs,
@@ -169,6 +283,8 @@ def fit_query_adapter(
         lr=lr,
         weight_decay=weight_decay,
         temperature=temperature,
+        validation=validation,
+        patience=patience,
         seed=seed,
     )
     return refiner
@@ -179,20 +295,24 @@ def fit_linear_adapter(
     docs: np.ndarray,
     relevant: list[np.ndarray],
     *,
-    epochs: int = 20,
+    epochs: int = 50,
     batch_size: int = 64,
     lr: float = 1e-3,
     temperature: float = 0.05,
+    validation: float = 0.2,
+    patience: int = 5,
     seed: int = 0,
 ) -> nn.Linear:
     """The LlamaIndex / Chroma baseline: q -> q W^T + b (identity start), MultipleNegativesRanking loss
-    (each query against the batch's positives), on the same pairs as :func:`fit_query_adapter`."""
+    (each query against the batch's positives), on the same pairs, with the same validation split and
+    early stopping as :func:`fit_query_adapter` (``linear.fit_info_``)."""
+    _check_pairs(queries, relevant)
     d = int(queries.shape[1])
     linear = nn.Linear(d, d)
     with torch.no_grad():
         linear.weight.copy_(torch.eye(d))
         linear.bias.zero_()
-    _train(
+    linear.__dict__["fit_info_"] = _train(
         linear,
         queries,
         docs,
@@ -203,6 +323,8 @@ def fit_linear_adapter(
         lr=lr,
         weight_decay=0.0,
         temperature=temperature,
+        validation=validation,
+        patience=patience,
         seed=seed,
     )
     return linear
