@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from simskip_text.adapter import (
     attach_query_adapter,
+    fit_info,
     fit_linear_adapter,
     fit_query_adapter,
     mine_negatives,
@@ -86,7 +87,9 @@ def test_query_adapter_learns_a_query_map_the_raw_embeddings_miss():
     with torch.no_grad():
         adapted = adapter(torch.as_tensor(queries)).numpy()
     assert _top1(adapted, docs, relevant) > _top1(queries, docs, relevant) + 0.3
-    assert adapter.fit_info_.val_ndcg == () and adapter.fit_info_.best_epoch == 60
+    assert fit_info(adapter).val_ndcg == () and fit_info(adapter).best_epoch == 60
+    with pytest.raises(ValueError, match="no fit record"):
+        fit_info(torch.nn.Linear(2, 2))
     linear = fit_linear_adapter(queries, docs, relevant, **kwargs)
     assert torch.allclose(linear.weight.diagonal().mean(), torch.tensor(1.0), atol=0.5)
 
@@ -134,7 +137,9 @@ def test_early_stopping_restores_the_best_validation_epoch():
     assert info.best_epoch > 0 and info.val_ndcg[info.best_epoch] == max(info.val_ndcg)
     _, val = split_queries(len(queries), 0.2, 0)
     with torch.no_grad():
-        adapted = adapter(torch.as_tensor(queries[val])).numpy()
+        adapted = adapter(
+            F.normalize(torch.as_tensor(queries[val]), dim=-1)
+        ).numpy()  # trained on unit queries
     got = retrieval_scores(adapted, docs, [relevant[i] for i in val])["ndcg@10"].mean()
     assert got == pytest.approx(info.val_ndcg[info.best_epoch])
 
@@ -147,7 +152,7 @@ def test_encode_query_is_adapted_and_encode_document_is_not_before_and_after_rel
     model = text_tasks._shipped_model()
     q, d = model.encode(QUERIES), model.encode(DOCS)
     adapter = fit_query_adapter(
-        q, d, [np.array([i]) for i in range(4)], epochs=30, batch_size=4, negatives=1, validation=0
+        q, d, [np.array([i]) for i in range(4)], epochs=30, batch_size=4, negatives=1, lr=1e-3, validation=0
     )
     for linear in (False, True):
         chosen = (

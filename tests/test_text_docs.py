@@ -28,7 +28,9 @@ def test_quick_start_runs_and_reloads_identically(tmp_path, monkeypatch, capsys)
     exec(compile(quick_start(), str(DOC), "exec"), {"__name__": "__docs__"})
     out = capsys.readouterr().out
     assert "SimSkipStage" in out and "(2, 384)" in out and "identical embeddings" in out
-    assert (tmp_path / "my-refined-model" / "modules.json").is_file()
+    assert "reloads with plain SentenceTransformer" in out
+    assert "SimSkipStage" not in (tmp_path / "my-refined-model" / "modules.json").read_text()
+    assert "SimSkipStage" in (tmp_path / "my-refined-stage" / "modules.json").read_text()
     assert list((tmp_path / "simskip-cache" / "text-embeddings").glob("*.npz"))
 
 
