@@ -172,3 +172,10 @@ def test_encode_query_is_adapted_and_encode_document_is_not_before_and_after_rel
             assert np.abs(candidate.encode_document(DOCS) - d).max() < 1e-6
             assert np.abs(candidate.encode(DOCS) - d).max() < 1e-6  # no task: the document route
         assert len(list(folder.glob("*Transformer"))) == 1  # the shared transformer is saved once
+
+
+@pytest.mark.parametrize("fit", [fit_query_adapter, fit_linear_adapter])
+def test_one_relevance_list_per_query_is_required(fit):
+    queries, docs, relevant = _toy()
+    with pytest.raises(ValueError, match="30 queries but 29 relevance lists"):
+        fit(queries, docs, relevant[:-1])
