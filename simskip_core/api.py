@@ -419,6 +419,29 @@ class SimSkip(TransformerMixin, BaseEstimator):
             modules[name] = module
         return modules
 
+    def select(
+        self,
+        X: Any,
+        *,
+        probe: Probe | None = None,
+        labels: np.ndarray | None = None,
+        candidates: Mapping[str, nn.Module] | None = None,
+    ) -> SimSkip:
+        """Run auto mode's selection step on this fitted model's refiner, without training again.
+
+        The same comparison ``fit`` makes in auto mode (identity, the baselines, the refiner, its blends
+        and ``candidates``, scored by ``probe`` or a label probe on ``labels``); afterwards
+        :meth:`transform` applies the chosen map and :attr:`selection_` holds the report. Useful when
+        the refiner was trained already (the benchmark reuses the refine-mode row's refiner this way).
+        """
+        if self.refiner_ is None:
+            raise RuntimeError("select() compares candidates around a trained refiner; call fit(X) first.")
+        if probe is None and labels is None:
+            raise ValueError(NO_PROBE_MESSAGE)
+        x = np.asarray(as_matrix(X), dtype=np.float32)
+        self._select(x, probe, labels, candidates)
+        return self
+
     def _select(
         self,
         x: np.ndarray,

@@ -238,3 +238,20 @@ def test_report_compares_every_row_with_the_best_row_and_states_the_auto_line(tm
     assert float(table["identity"]["diff_vs_best_row"]) < 0
     assert table["sgc-propagation"]["outcome_vs_best_row"] == "best"
     assert {"ci_low_vs_best_row", "ci_high_vs_best_row"} <= set(table["identity"])
+
+
+def test_select_runs_auto_modes_selection_on_a_trained_refiner() -> None:
+    from simskip_core.api import SimSkip
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    labels = (x[:, 0] > 0).astype(int)
+    model = SimSkip(epochs=2, batch_size=64, progress=False).fit(x)
+    weights = {k: v.clone() for k, v in model.refiner_.state_dict().items()}
+    with pytest.raises(ValueError, match="needs a probe"):
+        model.select(x)
+    model.select(x, labels=labels)
+    assert model.selection_ is not None and model.chosen in model.selection_["candidates"]
+    assert all(torch.equal(weights[k], v) for k, v in model.refiner_.state_dict().items())  # nothing trained
+    with pytest.raises(RuntimeError, match="fit"):
+        SimSkip().select(x, labels=labels)

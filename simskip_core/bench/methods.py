@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from simskip_core.api import SimSkip
+from simskip_core.api import NO_PROBE_MESSAGE, SimSkip
 from simskip_core.baselines import RandomResidual, baseline_resolver
 from simskip_core.selection import Probe
 from simskip_core.tasks import Method, MethodOutput, Task, TaskData
@@ -290,17 +290,16 @@ def auto_from_refined(
     for name in _FITTED_ATTRIBUTES:
         setattr(model, name, copy.deepcopy(getattr(refined, name)))
     model.module_ = model.refiner_
-    model._select(np.asarray(x, dtype=np.float32), probe, None)  # fit() selects on its float32 rows
+    model.select(x, probe=probe)
     model.fit_seconds_ = float(refined.fit_seconds_ or 0.0) + time.perf_counter() - tic
     return model
 
 
 #: The hook through which the auto row reuses a refiner another row of its (task, seed) cell already
 #: trained: ``AUTO_FROM_REFINED(refined, x, probe, kwargs, seed) -> SimSkip`` (fitted in auto mode).
-#: None (a :class:`SimSkip` without a separate selection step) makes the auto row fit in full.
-#: Point it at SimSkip's own API once SimSkip offers a public way to select on a prefitted refiner.
+#: It runs :meth:`SimSkip.select` on a copy of the trained refiner; None makes the auto row fit in full.
 AUTO_FROM_REFINED: Callable[[SimSkip, np.ndarray, Probe, Mapping[str, Any], int], SimSkip] | None = (
-    auto_from_refined if callable(getattr(SimSkip, "_select", None)) else None
+    auto_from_refined
 )
 
 
@@ -370,7 +369,7 @@ def _run_pairs(task: Task, data: TaskData, seed: int, state: dict[str, Any]) -> 
 def _run_auto(task: Task, data: TaskData, seed: int, state: dict[str, Any]) -> MethodOutput:
     probe = default_probe(task, data)
     if probe is None:
-        raise NotApplicable("the task has no default probe (Task.default_probe)")
+        raise NotApplicable(f"the task has no default probe (Task.default_probe): {NO_PROBE_MESSAGE}")
     kwargs = simskip_kwargs(task)
     reused = False
     if AUTO_FROM_REFINED is not None:
