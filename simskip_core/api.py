@@ -506,11 +506,12 @@ class SimSkip(TransformerMixin, BaseEstimator):
         return "simskip" if self.selection_ is None else str(self.selection_["chosen"])
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the model to folder ``path`` (config.json + model.safetensors), atomically.
+    def to_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The ``config.json`` object and the tensors :meth:`save` writes, in memory.
 
-        ``overwrite=True`` replaces only an empty folder or a folder holding a saved simskip model;
-        any other existing path is refused (see :func:`~simskip_core.serialization.atomic_folder`).
+        For host integrations that store a SimSkip model inside a model folder of their own (the graph
+        and vision plugins): write both with :func:`~simskip_core.serialization.write_model_dir` and
+        rebuild with :meth:`from_state`.
         """
         module = self._check_fitted()
         assert self.refiner_ is not None
@@ -533,6 +534,15 @@ class SimSkip(TransformerMixin, BaseEstimator):
         tensors = {f"refiner.{k}": v for k, v in self.refiner_.state_dict().items()}
         if module is not self.refiner_:
             tensors.update({f"module.{k}": v for k, v in module.state_dict().items()})
+        return config, tensors
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the model to folder ``path`` (config.json + model.safetensors), atomically.
+
+        ``overwrite=True`` replaces only an empty folder or a folder holding a saved simskip model;
+        any other existing path is refused (see :func:`~simskip_core.serialization.atomic_folder`).
+        """
+        config, tensors = self.to_state()
         return write_model_dir(path, config, tensors, overwrite=overwrite)
 
     @classmethod
@@ -543,7 +553,16 @@ class SimSkip(TransformerMixin, BaseEstimator):
         the ``config.json`` key; an unreadable file raises ``PermissionError``.
         """
         config, tensors = read_model_dir(path)
-        where = Path(path).expanduser() / CONFIG_NAME
+        return cls.from_state(config, tensors, where=Path(path).expanduser() / CONFIG_NAME)
+
+    @classmethod
+    def from_state(
+        cls, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], *, where: str | Path = "config"
+    ) -> SimSkip:
+        """Rebuild a model from what :meth:`to_state` returned (checked as :meth:`load` checks a folder;
+        problems are :class:`CorruptModelError` naming ``where`` and the key)."""
+        where = Path(where)
+        config, tensors = dict(config), dict(tensors)
         _check_format(config, where)
         dim = _get(config, "dim", _INT, where)
         if not _is_positive_int(dim):

@@ -215,3 +215,15 @@ def test_auto_mode_needs_a_probe(blobs) -> None:
 def test_bad_configuration(kwargs) -> None:
     with pytest.raises((ValueError, KeyError)):
         SimSkip(**kwargs)
+
+
+def test_to_state_and_from_state_round_trip_in_memory() -> None:
+    from simskip_core.errors import CorruptModelError
+
+    x = np.random.default_rng(1).normal(size=(200, 8)).astype(np.float32)
+    model = SimSkip(epochs=2, batch_size=64, progress=False).fit(x)
+    config, tensors = model.to_state()
+    again = SimSkip.from_state(config, tensors)
+    assert np.array_equal(again.transform(x), model.transform(x))
+    with pytest.raises(CorruptModelError, match="dim"):
+        SimSkip.from_state({**config, "dim": "eight"}, tensors)

@@ -25,18 +25,16 @@ simskip model folder (the core's format and atomic writer): ``config.json`` with
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from simskip_core import __version__
 from simskip_core.api import SimSkip
 from simskip_core.errors import CorruptModelError
-from simskip_core.serialization import CONFIG_NAME, HASH_KEY, read_model_dir, write_model_dir
+from simskip_core.serialization import CONFIG_NAME, read_model_dir, write_model_dir
 from simskip_graph.ops import check_edge_index, check_node_features, edge_pairs, propagate
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "STRUCTURE_DEFAULTS", "StructureAwareSimSkip", "fit_kwargs_for"]
@@ -163,7 +161,7 @@ class StructureAwareSimSkip:
         """
         if self.model_ is None:
             raise RuntimeError("this StructureAwareSimSkip is not fitted yet; nothing to save.")
-        simskip_config, tensors = _simskip_state(self.model_)
+        simskip_config, tensors = self.model_.to_state()
         config = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -188,31 +186,16 @@ class StructureAwareSimSkip:
                 raise CorruptModelError(
                     f"{folder / CONFIG_NAME} has no 'simskip' section; save the model again."
                 )
-            settings, simskip = config, _simskip_from_state(inner, tensors, folder)
+            try:
+                simskip = SimSkip.from_state(inner, tensors, where=folder / CONFIG_NAME)
+            except CorruptModelError as error:
+                raise CorruptModelError(
+                    f"the SimSkip model saved in {folder} is inconsistent: {error}"
+                ) from error
+            settings = config
         model = cls(**_settings(settings, folder))
         model.model_ = simskip
         return model
-
-
-def _simskip_state(model: SimSkip) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The configuration (less its weights hash: the outer folder records one) and tensors ``model.save`` writes."""
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save(Path(tmp) / "simskip")
-        config, tensors = read_model_dir(Path(tmp) / "simskip")
-    config.pop(HASH_KEY, None)
-    return config, tensors
-
-
-def _simskip_from_state(config: dict[str, Any], tensors: dict[str, torch.Tensor], folder: Path) -> SimSkip:
-    """The SimSkip model ``SimSkip.load`` restores from ``config`` and ``tensors`` (saved in ``folder``)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        write_model_dir(Path(tmp) / "simskip", config, tensors)
-        try:
-            return SimSkip.load(Path(tmp) / "simskip")
-        except CorruptModelError as error:
-            raise CorruptModelError(
-                f"the SimSkip model saved in {folder} is inconsistent: {error}"
-            ) from error
 
 
 def _check_format(config: Mapping[str, Any], where: Path, expected: str) -> None:

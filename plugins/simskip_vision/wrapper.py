@@ -16,7 +16,6 @@ before this format (``backbone.safetensors`` + ``refiner/``) still load.
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from torch import nn
 from simskip_core import __version__
 from simskip_core.api import SimSkip
 from simskip_core.errors import CorruptModelError
-from simskip_core.serialization import CONFIG_NAME, HASH_KEY, read_model_dir, write_model_dir
+from simskip_core.serialization import CONFIG_NAME, read_model_dir, write_model_dir
 from simskip_vision._timm import import_timm, is_timm_model, model_name
 from simskip_vision.weights import CheckpointMismatchError, check_state_dict
 
@@ -73,22 +72,6 @@ def create_kwargs_problem(kwargs: Any) -> str | None:
     return None
 
 
-def _simskip_state(model: SimSkip) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The configuration (less its weights hash: the outer folder records one) and tensors ``model.save`` writes."""
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save(Path(tmp) / "simskip")
-        config, tensors = read_model_dir(Path(tmp) / "simskip")
-    config.pop(HASH_KEY, None)
-    return config, tensors
-
-
-def _simskip_from_state(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> SimSkip:
-    """The SimSkip model ``SimSkip.load`` restores from ``config`` and ``tensors``."""
-    with tempfile.TemporaryDirectory() as tmp:
-        write_model_dir(Path(tmp) / "simskip", config, tensors)
-        return SimSkip.load(Path(tmp) / "simskip")
-
-
 def _split(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
@@ -115,7 +98,7 @@ def _read_current(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     if not isinstance(inner, dict):
         raise CorruptModelError(f"{folder / CONFIG_NAME} has no 'simskip' section; save the model again.")
     try:
-        simskip = _simskip_from_state(inner, _split(tensors, "simskip."))
+        simskip = SimSkip.from_state(inner, _split(tensors, "simskip."), where=folder / CONFIG_NAME)
     except CorruptModelError as error:
         raise CorruptModelError(f"the SimSkip model saved in {folder} is inconsistent: {error}") from error
     return config, _split(tensors, "backbone."), simskip
@@ -249,7 +232,7 @@ class RefinedBackbone(nn.Module):
         An existing ``path`` is an error unless ``overwrite=True`` (see
         :func:`simskip_core.serialization.write_model_dir`).
         """
-        simskip_config, simskip_tensors = _simskip_state(self.simskip)
+        simskip_config, simskip_tensors = self.simskip.to_state()
         config = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
