@@ -41,6 +41,11 @@ def _summaries(stdout: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
+def _fit_summaries(stdout: str) -> list[dict[str, object]]:
+    """The training summaries' model folder and epoch count (they also carry losses and timings)."""
+    return [{"saved": s["saved"], "epochs": s["epochs"]} for s in _summaries(stdout)]
+
+
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
     """Apply here with one thread, as torchrun's processes do."""
@@ -70,7 +75,8 @@ def test_torchrun_trains_and_saves_a_loadable_model(
     trained: tuple[Path, np.ndarray, subprocess.CompletedProcess[str]],
 ) -> None:
     tmp, x, proc = trained
-    assert _summaries(proc.stdout) == [{"saved": "M", "epochs": 2}]  # printed by rank 0 only
+    assert _fit_summaries(proc.stdout) == [{"saved": "M", "epochs": 2}]  # printed by rank 0 only
+    assert _summaries(proc.stdout)[0]["world_size"] == 2
     model = SimSkip.load(tmp / "M")
     assert model.transform(x).shape == x.shape and len(model.history_) == 2
 
@@ -97,7 +103,7 @@ def test_deprecated_distributed_entry_translates_train_and_apply(
     tmp, x, _ = trained
     old = [sys.executable, "-W", "always::DeprecationWarning", "-m", "simskip_core.distributed"]
     train = _run([*old, "train", "emb.npy", "--save-model", "M-old", "--epochs", "1", "--quiet"], tmp)
-    assert "deprecated" in train.stderr and _summaries(train.stdout) == [{"saved": "M-old", "epochs": 1}]
+    assert "deprecated" in train.stderr and _fit_summaries(train.stdout) == [{"saved": "M-old", "epochs": 1}]
     apply = _run([*old, "apply", "--model", "M-old", "emb.npy", "old.npy", "--quiet"], tmp)
     assert _summaries(apply.stdout)[0]["complete"] is True
     assert np.array_equal(np.load(tmp / "old.npy"), SimSkip.load(tmp / "M-old").transform(x))
