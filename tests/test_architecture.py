@@ -18,7 +18,9 @@ CORE = ROOT / "simskip_core"
 PLUGINS = ROOT / "plugins"
 
 #: Deprecated aliases of moved modules (they import their new home and nothing else).
-ALIASES = {f"simskip_core.{name}" for name in ("stream", "distributed", "report", "select", "stats", "methods")}
+ALIASES = {
+    f"simskip_core.{name}" for name in ("stream", "distributed", "report", "select", "stats", "methods")
+}
 #: The engine: what ``from simskip_core import SimSkip`` needs. It imports no host library, no plotting,
 #: nothing of ``bench`` and nothing of ``scale`` but the trainer's seam.
 ENGINE = {
@@ -38,7 +40,15 @@ ENGINE = {
     "simskip_core.progress",
     "simskip_core.criteria",
 }
-HOST_LIBRARIES = ("sentence_transformers", "pykeen", "torch_geometric", "timm", "torchvision", "transformers", "mteb")
+HOST_LIBRARIES = (
+    "sentence_transformers",
+    "pykeen",
+    "torch_geometric",
+    "timm",
+    "torchvision",
+    "transformers",
+    "mteb",
+)
 #: Imports done inside a function on purpose, to cross a layer the other way; each is documented in
 #: docs/architecture.md ("seams"). Every other import must respect the layering.
 SEAMS = {
@@ -101,10 +111,10 @@ def _core_graph() -> dict[str, set[str]]:
             continue
         edges = set()
         for target in _targets(path, name, modules):
-            if target in modules and target != name and (name, target) not in SEAMS:
-                # importing a submodule imports its package first; a package's own __init__ is not a dependency
-                if not name.startswith(target + "."):
-                    edges.add(target)
+            # importing a submodule imports its package first; a package's own __init__ is not a dependency
+            inside = name.startswith(target + ".")
+            if target in modules and target != name and (name, target) not in SEAMS and not inside:
+                edges.add(target)
         graph[name] = edges
     return graph
 

@@ -58,4 +58,6 @@ def test_readme_quick_start_runs_as_written_in_an_empty_folder(tmp_path: Path) -
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "my-refiner" / "model.safetensors").is_file()
     chosen = out.stdout.split()[0]
-    assert chosen in {"identity", "simskip", "centerl2", "whitening", "allbutthetop"} or chosen.startswith("simskip@")
+    assert chosen in {"identity", "simskip", "centerl2", "whitening", "allbutthetop"} or chosen.startswith(
+        "simskip@"
+    )
