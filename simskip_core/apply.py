@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from simskip_core.errors import NonFiniteRowError
+
 __all__ = ["CPU_BLOCK_ROWS", "MIN_GEMM_ROWS", "apply_module", "forward_block"]
 
 #: Short blocks (a final remainder) are zero-padded to this many rows before the forward pass, so every
@@ -73,7 +75,8 @@ def apply_module(
 
     Each block is read from ``x``, cast to float32 and checked: a row that is not finite after the cast
     (NaN, Inf, or a float64 value beyond float32's range) raises ``ValueError`` naming the row
-    (numbered from ``row_offset``); so does a non-finite output row. The output is written into
+    (numbered from ``row_offset``); so does a non-finite output row. The error is a
+    :class:`~simskip_core.errors.NonFiniteRowError` (a ``ValueError``) carrying the row's index. The output is written into
     ``out`` (preallocated here when None), so memory stays at input + output + one block.
 
     Args:
@@ -93,9 +96,9 @@ def apply_module(
     for start in range(0, n, block):
         stop = min(start + block, n)
         rows = _rows_as_float32(x, start, stop)
-        _check_rows(rows, name, row_offset + start, "holds NaN or Inf (after the cast to float32)")
+        _check_rows(rows, name, row_offset + start, "holds NaN or Inf (after the cast to float32)", True)
         y = forward_block(module, rows, device, autocast).numpy()
-        _check_rows(y, f"the refined {name}", row_offset + start, "is not finite")
+        _check_rows(y, f"the refined {name}", row_offset + start, "is not finite", False)
         if out is None:
             out = np.empty((n, y.shape[1]), dtype=np.float32)
         out[start:stop] = y
@@ -104,11 +107,13 @@ def apply_module(
     return out
 
 
-def _check_rows(rows: np.ndarray, name: str, offset: int, problem: str) -> None:
+def _check_rows(rows: np.ndarray, name: str, offset: int, problem: str, in_input: bool) -> None:
     bad = ~np.isfinite(rows).all(axis=1)
     if bad.any():
         first = int(np.flatnonzero(bad)[0]) + offset
-        raise ValueError(
+        raise NonFiniteRowError(
             f"{name} {problem} at row {first} ({int(bad.sum())} bad row(s) in rows {offset}-{offset + len(rows) - 1}); "
-            "drop or impute these rows, or use values within float32's range."
+            "drop or impute these rows, or use values within float32's range.",
+            row=first,
+            in_input=in_input,
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CorruptModelError", "MissingDataError", "SimSkipError"]
+__all__ = ["CorruptModelError", "MissingDataError", "NonFiniteRowError", "SimSkipError"]
 
 
 class SimSkipError(Exception):
@@ -15,3 +15,13 @@ class MissingDataError(SimSkipError, FileNotFoundError):
 
 class CorruptModelError(SimSkipError, ValueError):
     """A saved model directory is incomplete or unreadable; the message names the file."""
+
+
+class NonFiniteRowError(SimSkipError, ValueError):
+    """A row is NaN or Inf (as float32): ``row`` is its index, ``in_input`` says whether the input or the
+    output of the map held it, so a caller can name the row its own way (an id, a file and line)."""
+
+    def __init__(self, message: str, *, row: int, in_input: bool) -> None:
+        super().__init__(message)
+        self.row = row
+        self.in_input = in_input

@@ -110,3 +110,20 @@ def test_non_finite_outputs_are_refused(blobs) -> None:
     last.weight.data.fill_(1e38)  # g(x) overflows float32
     with pytest.raises(ValueError, match="the refined X is not finite at row 0"):
         model.transform(x)
+
+
+def test_apply_module_says_which_row_failed_and_where() -> None:
+    from torch import nn
+
+    from simskip_core.apply import apply_module
+    from simskip_core.errors import NonFiniteRowError
+
+    x = np.zeros((10, 4), dtype=np.float32)
+    x[7, 2] = np.nan
+    with pytest.raises(NonFiniteRowError, match="row 107") as caught:
+        apply_module(nn.Identity(), x, row_offset=100)
+    assert caught.value.row == 107 and caught.value.in_input
+    x[7, 2] = 0.0
+    with pytest.raises(NonFiniteRowError) as caught:
+        apply_module(nn.Sequential(nn.Linear(4, 4), nn.Threshold(1e9, float("inf"))), x)
+    assert caught.value.row == 0 and not caught.value.in_input

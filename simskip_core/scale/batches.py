@@ -27,6 +27,7 @@ import numpy as np
 from torch import nn
 
 from simskip_core.apply import apply_module
+from simskip_core.errors import NonFiniteRowError
 
 if TYPE_CHECKING:
     from simskip_core.api import SimSkip
@@ -148,13 +149,12 @@ class RefineBatches:
         module = self.module
         try:
             return apply_module(module, x, name=f"column {self.column!r}", row_offset=first_row)
-        except ValueError as error:
-            bad = _first_bad_row(x)
-            if bad is None:
+        except NonFiniteRowError as error:
+            if not error.in_input:
                 raise
             raise ValueError(
                 f"column {self.column!r} holds NaN or Inf (after the cast to float32) at row "
-                f"{_row_name(ids, first_row, bad)}; drop or impute that row."
+                f"{_row_name(ids, first_row, error.row - first_row)}; drop or impute that row."
             ) from error
 
     # ------------------------------------------------------------------ numpy
@@ -248,14 +248,6 @@ def _row_name(ids: Any, first_row: int, i: int) -> str:
         return f"{first_row + i}"
     value = ids[i]
     return f"with id {value.item() if isinstance(value, np.generic) else value!r}"
-
-
-def _first_bad_row(x: np.ndarray) -> int | None:
-    """Index of the first row of ``x`` that is not finite after the cast to float32, or None."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        finite = np.isfinite(x.astype(np.float32, copy=False)).all(axis=1)
-    bad = np.flatnonzero(~finite)
-    return int(bad[0]) if bad.size else None
 
 
 def _stack_rows(values: np.ndarray, refiner: RefineBatches, ids: Any, first_row: int) -> np.ndarray:
