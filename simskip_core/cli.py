@@ -73,6 +73,10 @@ SIMSKIP_PARAMS = (
 )
 #: The stream's messages name its Python arguments; the command's user knows the flags.
 _STREAM_FLAGS = (
+    # the stream's messages already name some flags in parentheses for CLI users: drop those first
+    (" (--no-resume on the command line)", ""),
+    (" (--overwrite)", ""),
+    ("resume=True (without --no-resume and --overwrite)", "without --no-resume and --overwrite"),
     ("pass resume=False", "pass --no-resume"),
     ("run with resume=True", "run without --no-resume"),
     ("overwrite=True or resume=False", "--overwrite or --no-resume"),

@@ -246,6 +246,7 @@ def test_stream_refusal_names_the_cli_flag(data, model_dir, capsys) -> None:
     assert main(["refine", str(data), str(out), "--model", str(model_dir), "--stream", "--quiet"]) == 2
     message = _error(capsys)
     assert "pass --no-resume" in message and "resume=False" not in message
+    assert "--no-resume (--no-resume" not in message and "on the command line" not in message
     assert main(["refine", str(data), str(out), "--model", str(model_dir), "--stream", "--no-resume"]) == 0
 
 
