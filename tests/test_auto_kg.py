@@ -5,47 +5,25 @@ scored as they are returned."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 
 import numpy as np
 import pytest
-
-_PYSTOW = tempfile.mkdtemp(prefix="simskip-kg-pystow-")
-_PREVIOUS_PYSTOW = os.environ.get("PYSTOW_HOME")
-os.environ["PYSTOW_HOME"] = _PYSTOW
-
-import torch  # noqa: E402
-from pykeen.datasets import Nations  # noqa: E402
-from simskip_kg import tasks as kg_tasks  # noqa: E402
-from simskip_kg.embeddings import (  # noqa: E402
+import torch
+from simskip_kg import tasks as kg_tasks
+from simskip_kg.embeddings import (
     entity_rows_normalised,
     extract_entity_vectors,
     with_entity_vectors,
 )
-from simskip_kg.probe import ValidationMRRProbe  # noqa: E402
-from simskip_kg.refine import refine_pykeen  # noqa: E402
-from simskip_kg.training import ModelSpec, train_model  # noqa: E402
+from simskip_kg.probe import ValidationMRRProbe
+from simskip_kg.refine import refine_pykeen
+from simskip_kg.training import ModelSpec, train_model
 
-from simskip_core.api import RowNormalized, SimSkip  # noqa: E402
-from simskip_core.plugins import all_tasks  # noqa: E402
-from simskip_core.tasks import LoadOptions  # noqa: E402
+from simskip_core.api import RowNormalized, SimSkip
+from simskip_core.plugins import all_tasks
+from simskip_core.tasks import LoadOptions
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _restore_pystow():
-    yield
-    if _PREVIOUS_PYSTOW is None:
-        os.environ.pop("PYSTOW_HOME", None)
-    else:
-        os.environ["PYSTOW_HOME"] = _PREVIOUS_PYSTOW
-
-
-@pytest.fixture(scope="module")
-def nations() -> Nations:
-    return Nations()
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from scale_helpers import fixed_size_list
 
 from simskip_core import SimSkip
 from simskip_core.scale import RefineBatches
@@ -37,7 +38,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, np.ndar
     data = root / "store"
     data.mkdir()
     for k, rows in enumerate(np.array_split(np.arange(N), FILES)):
-        vectors = pa.FixedSizeListArray.from_arrays(pa.array(x[rows].reshape(-1)), D)
+        vectors = fixed_size_list(x[rows])
         table = pa.table({"id": ids[rows], "embedding": vectors, "tag": [f"t{i}" for i in ids[rows]]})
         pq.write_table(table, data / f"part-{k}.parquet", row_group_size=400)
     expected = np.empty_like(x)

@@ -6,62 +6,40 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
-import tempfile
 
 import numpy as np
 import pytest
-
-# PyKEEN caches its datasets under PYSTOW_HOME; keep it out of the user's home during tests.
-_PYSTOW = tempfile.mkdtemp(prefix="simskip-kg-pystow-")
-_PREVIOUS_PYSTOW = os.environ.get("PYSTOW_HOME")
-os.environ["PYSTOW_HOME"] = _PYSTOW
-
-import torch  # noqa: E402
-from pykeen.datasets import EagerDataset, Kinships, Nations  # noqa: E402
-from pykeen.evaluation import RankBasedEvaluator  # noqa: E402
-from pykeen.models import ERModel, model_resolver  # noqa: E402
-from pykeen.pipeline import PipelineResult  # noqa: E402
-from pykeen.training import SLCWATrainingLoop  # noqa: E402
-from pykeen.triples import TriplesFactory  # noqa: E402
-from simskip_kg import tasks as kg_tasks  # noqa: E402
-from simskip_kg.embeddings import (  # noqa: E402
+import torch
+from pykeen.datasets import EagerDataset, Kinships, Nations
+from pykeen.evaluation import RankBasedEvaluator
+from pykeen.models import ERModel, model_resolver
+from pykeen.pipeline import PipelineResult
+from pykeen.training import SLCWATrainingLoop
+from pykeen.triples import TriplesFactory
+from simskip_kg import tasks as kg_tasks
+from simskip_kg.embeddings import (
     extract_entity_vectors,
     extract_relation_vectors,
     with_entity_vectors,
 )
-from simskip_kg.errors import (  # noqa: E402
+from simskip_kg.errors import (
     DatasetMismatchError,
     KGInputError,
     UnsupportedModelError,
     UntrainedModelError,
 )
-from simskip_kg.evaluation import bootstrap_difference, evaluate_link_prediction  # noqa: E402
-from simskip_kg.inputs import resolve_input  # noqa: E402
-from simskip_kg.pairs import neighbour_pairs  # noqa: E402
-from simskip_kg.refine import refine_pykeen  # noqa: E402
-from simskip_kg.refit import refit_relations  # noqa: E402
-from simskip_kg.training import ModelSpec, load_or_train, train_model  # noqa: E402
+from simskip_kg.evaluation import bootstrap_difference, evaluate_link_prediction
+from simskip_kg.inputs import resolve_input
+from simskip_kg.pairs import neighbour_pairs
+from simskip_kg.refine import refine_pykeen
+from simskip_kg.refit import refit_relations
+from simskip_kg.training import ModelSpec, load_or_train, train_model
 
-from simskip_core.api import SimSkip  # noqa: E402
-from simskip_core.plugins import all_tasks, get_plugin_manager  # noqa: E402
-from simskip_core.tasks import LoadOptions, TaskData  # noqa: E402
+from simskip_core.api import SimSkip
+from simskip_core.plugins import all_tasks, get_plugin_manager
+from simskip_core.tasks import LoadOptions, TaskData
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _restore_pystow():
-    yield
-    if _PREVIOUS_PYSTOW is None:
-        os.environ.pop("PYSTOW_HOME", None)
-    else:
-        os.environ["PYSTOW_HOME"] = _PREVIOUS_PYSTOW
-
-
-@pytest.fixture(scope="module")
-def nations() -> Nations:
-    return Nations()
 
 
 def _small(model: str) -> ModelSpec:

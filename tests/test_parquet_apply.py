@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from scale_helpers import fixed_size_list
 
 from simskip_core import SimSkip
 from simskip_core.scale import batches as batches_module
@@ -19,20 +20,13 @@ N, D = 500, 16
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, np.ndarray]:
+def saved(saved_model) -> tuple[Path, np.ndarray, np.ndarray]:
     """A saved model, input rows and ``SimSkip.transform`` of them."""
-    x = np.random.default_rng(1).normal(size=(N, D)).astype(np.float32)
-    model = SimSkip(epochs=2, batch_size=64, progress=False).fit(x)
-    path = model.save(tmp_path_factory.mktemp("model") / "refiner")
-    return path, x, model.transform(x)
+    return saved_model(N, D, seed=1)
 
 
 def _table(x: np.ndarray, first_id: int, list_type: pa.DataType | None = None) -> pa.Table:
-    vectors = (
-        pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
-        if list_type is None
-        else pa.array(list(x), type=list_type)
-    )
+    vectors = fixed_size_list(x) if list_type is None else pa.array(list(x), type=list_type)
     ids = [f"doc-{first_id + i}" for i in range(len(x))]
     return pa.table({"id": ids, "embedding": vectors, "year": np.arange(len(x), dtype=np.int16)})
 

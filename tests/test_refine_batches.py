@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from scale_helpers import fixed_size_list
 
 from simskip_core import SimSkip
 from simskip_core.scale import RefineBatches
@@ -18,17 +19,9 @@ N, D = 300, 16
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, np.ndarray]:
+def saved(saved_model) -> tuple[Path, np.ndarray, np.ndarray]:
     """A saved model, its input rows (read-only) and ``SimSkip.transform`` of them."""
-    x = np.random.default_rng(0).normal(size=(N, D)).astype(np.float32)
-    model = SimSkip(epochs=2, batch_size=64, progress=False).fit(x)
-    path = model.save(tmp_path_factory.mktemp("model") / "refiner")
-    x.flags.writeable = False
-    return path, x, model.transform(x)
-
-
-def _fixed(x: np.ndarray) -> pa.FixedSizeListArray:
-    return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
+    return saved_model(N, D, seed=0, read_only=True)
 
 
 def _ids() -> np.ndarray:
@@ -72,7 +65,7 @@ def test_numpy_object_array_of_rows(saved) -> None:
 def test_arrow_table_each_list_type(saved, kind: str) -> None:
     path, x, reference = saved
     column = {
-        "fixed_size_list": _fixed(x),
+        "fixed_size_list": fixed_size_list(x),
         "list": pa.array(list(x), type=pa.list_(pa.float32())),
         "large_list": pa.array(list(x), type=pa.large_list(pa.float32())),
         "list_of_double": pa.array(list(x.astype(np.float64)), type=pa.list_(pa.float64())),
@@ -92,7 +85,7 @@ def test_arrow_record_batch_gives_a_record_batch_and_reads_in_place(saved, monke
     monkeypatch.setattr(
         batches_module, "apply_module", lambda m, rows, **kw: seen.append(rows) or original(m, rows, **kw)
     )
-    batch = pa.record_batch({"id": _ids(), "embedding": _fixed(x)})
+    batch = pa.record_batch({"id": _ids(), "embedding": fixed_size_list(x)})
     out = RefineBatches(path)(batch)
     assert isinstance(out, pa.RecordBatch)
     assert np.array_equal(_arrow_vectors(out.column(1)), reference)
@@ -101,7 +94,7 @@ def test_arrow_record_batch_gives_a_record_batch_and_reads_in_place(saved, monke
 
 def test_arrow_sliced_batch(saved) -> None:
     path, x, reference = saved
-    table = pa.table({"embedding": _fixed(x)}).slice(17, 100)
+    table = pa.table({"embedding": fixed_size_list(x)}).slice(17, 100)
     out = RefineBatches(path)(table)
     assert np.array_equal(_arrow_vectors(out.column("embedding")), reference[17:117])
 
@@ -119,7 +112,7 @@ def test_pandas_object_column_keeps_index_and_columns(saved) -> None:
 
 def test_pandas_arrow_backed_list_column(saved) -> None:
     path, x, reference = saved
-    frame = pa.table({"id": _ids(), "embedding": _fixed(x)}).to_pandas(types_mapper=pd.ArrowDtype)
+    frame = pa.table({"id": _ids(), "embedding": fixed_size_list(x)}).to_pandas(types_mapper=pd.ArrowDtype)
     out = RefineBatches(path)(frame)
     assert isinstance(out["embedding"].dtype, pd.ArrowDtype)
     assert np.array_equal(_arrow_vectors(pa.array(out["embedding"])), reference)
@@ -127,7 +120,7 @@ def test_pandas_arrow_backed_list_column(saved) -> None:
 
 def test_out_column_keeps_the_input_column(saved) -> None:
     path, x, reference = saved
-    table = pa.table({"id": _ids(), "embedding": _fixed(x)})
+    table = pa.table({"id": _ids(), "embedding": fixed_size_list(x)})
     out = RefineBatches(path, out_column="refined")(table)
     assert out.schema.names == ["id", "embedding", "refined"]
     assert out.column("embedding").equals(table.column("embedding"))
@@ -211,7 +204,7 @@ def test_a_wrong_dimension_is_refused(saved) -> None:
     ):
         RefineBatches(path, id_column="id")({"embedding": x[:, :8], "id": _ids()})
     with pytest.raises(ValueError, match="16-dimensional"):
-        RefineBatches(path)(pa.table({"embedding": _fixed(np.zeros((3, 4), dtype=np.float32))}))
+        RefineBatches(path)(pa.table({"embedding": fixed_size_list(np.zeros((3, 4), dtype=np.float32))}))
 
 
 def test_missing_columns_and_batch_kinds_are_refused(saved) -> None:

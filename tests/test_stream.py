@@ -7,38 +7,24 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from scale_helpers import forward, seeded_refiner
 
 from simskip_core import SimSkip
 from simskip_core import stream as stream_module
-from simskip_core.refiner import SkipRefiner
 from simskip_core.scale.stream import NpySource, model_fingerprint, stream_apply
 
 N, D = 2003, 16
 
 
-def _refiner(seed: int = 0) -> SkipRefiner:
-    torch.manual_seed(seed)
-    refiner = SkipRefiner(D)
-    torch.nn.init.normal_(refiner.g[-1].weight, std=0.2)  # a non-identity map without training
-    return refiner.eval()
-
-
 @pytest.fixture
-def data(tmp_path: Path) -> tuple[np.ndarray, Path]:
-    x = np.random.default_rng(0).normal(size=(N, D)).astype(np.float32)
-    path = tmp_path / "x.npy"
-    np.save(path, x)
-    return x, path
-
-
-def _reference(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return module(torch.from_numpy(x)).numpy()
+def data(npy_rows: Callable[[int, int], tuple[np.ndarray, Path]]) -> tuple[np.ndarray, Path]:
+    return npy_rows(N, D)
 
 
 def _leftovers(out: Path) -> list[str]:
@@ -71,16 +57,16 @@ def test_folder_of_shards_and_float64_input(data: tuple[np.ndarray, Path], tmp_p
     assert source.shape == (N, D) and len(source.shards) == 4
     assert np.array_equal(source.read(650, 1550), x[650:1550])
     source.close()
-    refiner = _refiner()
+    refiner = seeded_refiner(D)
     stream_apply(refiner, shards, tmp_path / "out.npy", chunk_rows=300, progress=False)
-    assert np.array_equal(np.load(tmp_path / "out.npy"), _reference(refiner, x))
+    assert np.array_equal(np.load(tmp_path / "out.npy"), forward(refiner, x))
 
 
 def test_interrupted_run_resumes_to_the_same_bytes(
     data: tuple[np.ndarray, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _x, path = data
-    refiner = _refiner()
+    refiner = seeded_refiner(D)
     clean = tmp_path / "clean.npy"
     stream_apply(refiner, path, clean, chunk_rows=200, progress=False)
 
@@ -117,7 +103,7 @@ def test_interrupted_run_resumes_to_the_same_bytes(
 
 def test_killed_process_resumes_to_the_same_bytes(data: tuple[np.ndarray, Path], tmp_path: Path) -> None:
     x, path = data
-    refiner = _refiner()
+    refiner = seeded_refiner(D)
     weights = tmp_path / "refiner.pt.safetensors"
     from safetensors.torch import save_file
 
@@ -150,14 +136,14 @@ stream.stream_apply(refiner, {str(path)!r}, {str(out)!r}, chunk_rows=150, progre
     assert done and set(done) <= {0, 1, 2}  # only chunks written (and synced) before the kill
     result = stream_apply(refiner, path, out, chunk_rows=150, progress=False)
     assert result.complete and result.chunks_skipped == len(done)
-    assert np.array_equal(np.load(out), _reference(refiner, x))
+    assert np.array_equal(np.load(out), forward(refiner, x))
 
 
 def test_sharded_ranks_write_disjoint_rows_of_one_output(
     data: tuple[np.ndarray, Path], tmp_path: Path
 ) -> None:
     x, path = data
-    refiner = _refiner()
+    refiner = seeded_refiner(D)
     out = tmp_path / "out.npy"
     # Independent jobs (no process group), in any order: the last one to finish finalises the output.
     first = stream_apply(refiner, path, out, chunk_rows=300, rank=2, world_size=3, sync=False, progress=False)
@@ -166,7 +152,7 @@ def test_sharded_ranks_write_disjoint_rows_of_one_output(
     assert not second.complete and second.rows_written == 900  # chunks 0-2
     last = stream_apply(refiner, path, out, chunk_rows=300, rank=1, world_size=3, progress=False)
     assert last.complete and last.rows_written == 600  # chunks 3-4
-    assert np.array_equal(np.load(out), _reference(refiner, x))
+    assert np.array_equal(np.load(out), forward(refiner, x))
     assert _leftovers(out) == ["out.npy.manifest.json"]
 
 
@@ -175,16 +161,17 @@ def test_changed_model_is_refused_and_resume_false_starts_afresh(
 ) -> None:
     x, path = data
     out = tmp_path / "out.npy"
-    stream_apply(_refiner(0), path, out, chunk_rows=500, rank=0, world_size=2, progress=False)  # half done
+    # Half done: rank 0 of 2.
+    stream_apply(seeded_refiner(D, 0), path, out, chunk_rows=500, rank=0, world_size=2, progress=False)
     with pytest.raises(ValueError, match="resume=False"):
-        stream_apply(_refiner(1), path, out, chunk_rows=500, progress=False)
+        stream_apply(seeded_refiner(D, 1), path, out, chunk_rows=500, progress=False)
     with pytest.raises(ValueError, match="resume=False"):
-        stream_apply(_refiner(0), path, out, chunk_rows=400, progress=False)  # another chunk size
-    result = stream_apply(_refiner(1), path, out, chunk_rows=500, resume=False, progress=False)
+        stream_apply(seeded_refiner(D, 0), path, out, chunk_rows=400, progress=False)  # another chunk size
+    result = stream_apply(seeded_refiner(D, 1), path, out, chunk_rows=500, resume=False, progress=False)
     assert result.complete and result.chunks_skipped == 0
-    assert np.array_equal(np.load(out), _reference(_refiner(1), x))
-    assert model_fingerprint(_refiner(0)) != model_fingerprint(_refiner(1))
-    assert model_fingerprint(_refiner(0)) == model_fingerprint(_refiner(0))
+    assert np.array_equal(np.load(out), forward(seeded_refiner(D, 1), x))
+    assert model_fingerprint(seeded_refiner(D, 0)) != model_fingerprint(seeded_refiner(D, 1))
+    assert model_fingerprint(seeded_refiner(D, 0)) == model_fingerprint(seeded_refiner(D, 0))
 
 
 def test_existing_output_needs_overwrite(data: tuple[np.ndarray, Path], tmp_path: Path) -> None:
@@ -199,13 +186,13 @@ def test_existing_output_needs_overwrite(data: tuple[np.ndarray, Path], tmp_path
 
 def test_bf16_autocast_runs_and_stays_close(data: tuple[np.ndarray, Path], tmp_path: Path) -> None:
     x, path = data
-    refiner = _refiner()
+    refiner = seeded_refiner(D)
     stream_apply(
         refiner, path, tmp_path / "out.npy", chunk_rows=1000, bf16=True, device="cpu", progress=False
     )
     got = np.load(tmp_path / "out.npy")
     assert got.dtype == np.float32
-    np.testing.assert_allclose(got, _reference(refiner, x), atol=0.1, rtol=0.05)
+    np.testing.assert_allclose(got, forward(refiner, x), atol=0.1, rtol=0.05)
 
 
 def test_clear_errors(data: tuple[np.ndarray, Path], tmp_path: Path) -> None:
@@ -239,9 +226,9 @@ def test_cpu_blocks_inside_a_chunk_do_not_change_the_output(
     data: tuple[np.ndarray, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     x, path = data
-    refiner = _refiner()
+    refiner = seeded_refiner(D)
     monkeypatch.setattr(
         stream_module, "CPU_BLOCK_ROWS", 300
     )  # chunks of 1000 rows: blocks 300, 300, 300, 100
     stream_apply(refiner, path, tmp_path / "out.npy", chunk_rows=1000, device="cpu", progress=False)
-    assert np.array_equal(np.load(tmp_path / "out.npy"), _reference(refiner, x))
+    assert np.array_equal(np.load(tmp_path / "out.npy"), forward(refiner, x))

@@ -4,41 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from scale_helpers import forward, seeded_refiner
 
 from simskip_core import SimSkip
 from simskip_core.cli import main
-from simskip_core.refiner import SkipRefiner
 from simskip_core.scale import stream as stream_module
 from simskip_core.scale.stream import stream_apply
 
 N, D = 1500, 8
 
 
-def _refiner(seed: int = 0) -> SkipRefiner:
-    torch.manual_seed(seed)
-    refiner = SkipRefiner(D)
-    last = refiner.g[-1]
-    assert isinstance(last, torch.nn.Linear)
-    torch.nn.init.normal_(last.weight, std=0.2)
-    return refiner.eval()
-
-
-def _reference(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return module(torch.from_numpy(x.astype(np.float32))).numpy()
-
-
 @pytest.fixture
-def data(tmp_path: Path) -> tuple[np.ndarray, Path]:
-    x = np.random.default_rng(0).normal(size=(N, D)).astype(np.float32)
-    path = tmp_path / "x.npy"
-    np.save(path, x)
-    return x, path
+def data(npy_rows: Callable[[int, int], tuple[np.ndarray, Path]]) -> tuple[np.ndarray, Path]:
+    return npy_rows(N, D)
 
 
 def test_output_equal_to_the_input_is_refused_and_the_input_kept(
@@ -48,17 +31,17 @@ def test_output_equal_to_the_input_is_refused_and_the_input_kept(
     before = path.read_bytes()
     for out in (path, tmp_path / "." / "x.npy"):
         with pytest.raises(ValueError, match="would overwrite the input"):
-            stream_apply(_refiner(), path, out, overwrite=True, progress=False)
+            stream_apply(seeded_refiner(D), path, out, overwrite=True, progress=False)
     link = tmp_path / "link.npy"
     link.symlink_to(path)
     with pytest.raises(ValueError, match="would overwrite the input"):
-        stream_apply(_refiner(), path, link, overwrite=True, resume=False, progress=False)
+        stream_apply(seeded_refiner(D), path, link, overwrite=True, resume=False, progress=False)
     with pytest.raises(ValueError, match="would overwrite the input"):
-        stream_apply(_refiner(), link, path, overwrite=True, progress=False)
+        stream_apply(seeded_refiner(D), link, path, overwrite=True, progress=False)
     hard = tmp_path / "hard.npy"
     os.link(path, hard)
     with pytest.raises(ValueError, match="would overwrite the input"):
-        stream_apply(_refiner(), path, hard, overwrite=True, progress=False)
+        stream_apply(seeded_refiner(D), path, hard, overwrite=True, progress=False)
     assert path.read_bytes() == before and np.array_equal(np.load(path), x)
 
 
@@ -70,7 +53,7 @@ def test_output_whose_partial_file_is_the_input_is_refused(
     np.save(source.with_suffix(".tmp.npy"), x)
     source.with_suffix(".tmp.npy").rename(source)
     with pytest.raises(ValueError, match=r"o\.npy\.partial is the same file"):
-        stream_apply(_refiner(), source, tmp_path / "o.npy", resume=False, progress=False)
+        stream_apply(seeded_refiner(D), source, tmp_path / "o.npy", resume=False, progress=False)
     assert np.array_equal(np.load(source), x)
 
 
@@ -83,11 +66,13 @@ def test_output_among_or_inside_the_input_shards_is_refused(
     np.save(shards / "a.npy", x[:700])
     np.save(shards / "b.npy", x[700:])
     with pytest.raises(ValueError, match="would overwrite the input"):
-        stream_apply(_refiner(), shards, shards / "b.npy", overwrite=True, progress=False)
+        stream_apply(seeded_refiner(D), shards, shards / "b.npy", overwrite=True, progress=False)
     with pytest.raises(ValueError, match="inside the input folder"):
-        stream_apply(_refiner(), shards, shards / "refined.npy", progress=False)
+        stream_apply(seeded_refiner(D), shards, shards / "refined.npy", progress=False)
     with pytest.raises(ValueError, match="would overwrite the input"):
-        stream_apply(_refiner(), [shards / "a.npy", shards / "b.npy"], shards / "a.npy", overwrite=True)
+        stream_apply(
+            seeded_refiner(D), [shards / "a.npy", shards / "b.npy"], shards / "a.npy", overwrite=True
+        )
     assert np.array_equal(np.load(shards / "b.npy"), x[700:])
     assert sorted(p.name for p in shards.iterdir()) == ["a.npy", "b.npy"]
 
@@ -97,7 +82,7 @@ def test_overwrite_keeps_the_old_output_until_the_new_one_is_finished(
 ) -> None:
     x, path = data
     out = tmp_path / "out.npy"
-    stream_apply(_refiner(0), path, out, chunk_rows=200, progress=False)
+    stream_apply(seeded_refiner(D, 0), path, out, chunk_rows=200, progress=False)
     old = out.read_bytes()
     real_write = stream_module._write_rows
     calls = {"n": 0}
@@ -110,14 +95,14 @@ def test_overwrite_keeps_the_old_output_until_the_new_one_is_finished(
 
     monkeypatch.setattr(stream_module, "_write_rows", failing)
     with pytest.raises(OSError, match="disk went away"):
-        stream_apply(_refiner(1), path, out, chunk_rows=200, overwrite=True, progress=False)
+        stream_apply(seeded_refiner(D, 1), path, out, chunk_rows=200, overwrite=True, progress=False)
     assert out.read_bytes() == old  # the previous output is still there, whole
     monkeypatch.setattr(stream_module, "_write_rows", real_write)
     with pytest.raises(FileExistsError, match="--overwrite"):
-        stream_apply(_refiner(1), path, out, chunk_rows=200, progress=False)
-    result = stream_apply(_refiner(1), path, out, chunk_rows=200, overwrite=True, progress=False)
+        stream_apply(seeded_refiner(D, 1), path, out, chunk_rows=200, progress=False)
+    result = stream_apply(seeded_refiner(D, 1), path, out, chunk_rows=200, overwrite=True, progress=False)
     assert result.complete and result.chunks_skipped == 2  # resumed, not restarted
-    assert np.array_equal(np.load(out), _reference(_refiner(1), x))
+    assert np.array_equal(np.load(out), forward(seeded_refiner(D, 1), x))
 
 
 def test_overwrite_replaces_a_finished_output_of_another_model(
@@ -125,10 +110,10 @@ def test_overwrite_replaces_a_finished_output_of_another_model(
 ) -> None:
     x, path = data
     out = tmp_path / "out.npy"
-    stream_apply(_refiner(0), path, out, chunk_rows=500, progress=False)
-    result = stream_apply(_refiner(1), path, out, chunk_rows=500, overwrite=True, progress=False)
+    stream_apply(seeded_refiner(D, 0), path, out, chunk_rows=500, progress=False)
+    result = stream_apply(seeded_refiner(D, 1), path, out, chunk_rows=500, overwrite=True, progress=False)
     assert result.complete and result.chunks_written == 3
-    assert np.array_equal(np.load(out), _reference(_refiner(1), x))
+    assert np.array_equal(np.load(out), forward(seeded_refiner(D, 1), x))
 
 
 @pytest.mark.parametrize(
@@ -143,7 +128,7 @@ def test_non_finite_row_stops_the_stream_and_is_named(
     np.save(path, x)
     out = tmp_path / "out.npy"
     with pytest.raises(ValueError, match=rf"NaN or Inf \(after the cast to float32\) at row {row} \("):
-        stream_apply(_refiner(), path, out, chunk_rows=500, progress=False)
+        stream_apply(seeded_refiner(D), path, out, chunk_rows=500, progress=False)
     assert not out.exists()
     manifest = json.loads((tmp_path / "out.npy.manifest.json").read_text(encoding="utf-8"))
     assert manifest["complete"] is False
@@ -152,9 +137,9 @@ def test_non_finite_row_stops_the_stream_and_is_named(
 def test_refusal_of_another_run_names_the_cli_flag(data: tuple[np.ndarray, Path], tmp_path: Path) -> None:
     _, path = data
     out = tmp_path / "out.npy"
-    stream_apply(_refiner(0), path, out, chunk_rows=500, rank=0, world_size=2, progress=False)
+    stream_apply(seeded_refiner(D, 0), path, out, chunk_rows=500, rank=0, world_size=2, progress=False)
     with pytest.raises(ValueError, match=r"resume=False \(--no-resume on the command line\)"):
-        stream_apply(_refiner(1), path, out, chunk_rows=500, progress=False)
+        stream_apply(seeded_refiner(D, 1), path, out, chunk_rows=500, progress=False)
 
 
 @pytest.fixture
