@@ -234,7 +234,7 @@ def build_outputs(
     from simskip_core.bench.store import write_json_atomic
 
     out = config.out
-    sessions = _record_session(out, wall_seconds, cpu_seconds)
+    sessions = record_session(out, wall_seconds, cpu_seconds)
     records, cells, not_applicable, failures = _collect(config, tasks, methods)
     bootstrap = PairedBootstrap(n_boot=config.n_boot, seed=0)
     summaries = []
@@ -373,9 +373,12 @@ def auto_summary(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {"tasks": ran, "within_noise_of_best": within, "worse_than_identity": worse, "line": line}
 
 
-def _record_session(out: Path, wall_seconds: float | None, cpu_seconds: float | None) -> list[dict[str, Any]]:
+def record_session(
+    out: Path, wall_seconds: float | None, cpu_seconds: float | None, *, interrupted: bool = False
+) -> list[dict[str, Any]]:
     """Append this session (a first run or a ``--resume``) to ``<out>/sessions.json``; return them all
-    (``wall_seconds=None``: nothing ran, nothing is appended)."""
+    (``wall_seconds=None``: nothing ran, nothing is appended). An ``interrupted`` session is recorded
+    too, marked as such, so the wall and CPU time of a run resumed across sessions add up."""
     from simskip_core.bench.store import write_json_atomic
 
     path = out / "sessions.json"
@@ -393,6 +396,7 @@ def _record_session(out: Path, wall_seconds: float | None, cpu_seconds: float | 
             "argv": " ".join(sys.argv),
             "wall_seconds": round(wall_seconds, 2),
             "cpu_seconds": None if cpu_seconds is None else round(cpu_seconds, 2),
+            **({"interrupted": True} if interrupted else {}),
         }
     )
     write_json_atomic(path, sessions)
@@ -560,7 +564,11 @@ def render_markdown(
         *(
             [
                 "- sessions: "
-                + "; ".join(f"`{x['argv']}` ({x['wall_seconds'] / 60:.1f} min wall)" for x in run["sessions"])
+                + "; ".join(
+                    f"`{x['argv']}` ({x['wall_seconds'] / 60:.1f} min wall"
+                    + (", interrupted)" if x.get("interrupted") else ")")
+                    for x in run["sessions"]
+                )
             ]
             if len(run.get("sessions", [])) > 1
             else []

@@ -490,7 +490,9 @@ def _run(
                 _run_sequential(schedule, display)
         except KeyboardInterrupt:
             interrupted = True
+    cpu_seconds = time.process_time() + _children_cpu() - started_cpu
     if interrupted:
+        report.record_session(config.out, time.time() - started, cpu_seconds, interrupted=True)
         display.log(
             f"interrupted; finished cells are saved. Resume with: simskip bench --resume {config.out}"
         )
@@ -502,7 +504,7 @@ def _run(
         schedule.results(),
         environment=environment,
         wall_seconds=time.time() - started,
-        cpu_seconds=time.process_time() + _children_cpu() - started_cpu,
+        cpu_seconds=cpu_seconds,
     )
     result.failures = schedule.failures
     return result
