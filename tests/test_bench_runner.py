@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,7 @@ class SyntheticPlugin:
         self.runs: Counter[tuple[str, int]] = Counter()
         self.calls = 0
         self.interrupt_on_call = interrupt_on_call
+        self.terminate_on_call: int | None = None  # send this process SIGTERM on that call
 
     def _load(self, name: str, make: Any) -> Any:
         def load(options: LoadOptions) -> TaskData:
@@ -109,6 +112,8 @@ class SyntheticPlugin:
             self.calls += 1
             if self.interrupt_on_call is not None and self.calls == self.interrupt_on_call:
                 raise KeyboardInterrupt
+            if self.terminate_on_call is not None and self.calls == self.terminate_on_call:
+                os.kill(os.getpid(), signal.SIGTERM)
             self.runs[(task.name, seed)] += 1
             return MethodOutput(train=data.train.vectors * 2.0, test=data.test.vectors * 2.0)
 
@@ -327,6 +332,26 @@ def test_resume_does_not_redo_finished_cells(plugin: SyntheticPlugin, tmp_path: 
     assert [s.get("interrupted", False) for s in third.run["sessions"]] == [True, False, False]
     assert third.run["sessions"][0]["wall_seconds"] > 0 and third.run["sessions"][0]["cpu_seconds"] > 0
     assert third.run["wall_seconds"] == pytest.approx(sum(s["wall_seconds"] for s in third.run["sessions"]))
+
+
+def test_sigterm_stops_the_run_like_ctrl_c_and_records_the_session(
+    plugin: SyntheticPlugin, tmp_path: Path
+) -> None:
+    config = _config(tmp_path, tasks=("synthetic/blobs",), methods=("counting",), seeds=(0, 1), plots=False)
+    before = signal.getsignal(signal.SIGTERM)
+    plugin.terminate_on_call = 2  # `kill` arrives while seed 1 runs
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(config)
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler lives only while the suite runs
+    assert (config.out / "cells/synthetic__blobs/counting/seed-0.json").is_file()
+    assert not (config.out / "cells/synthetic__blobs/counting/seed-1.json").exists()
+    sessions = json.loads((config.out / "sessions.json").read_text())
+    assert [s.get("interrupted") for s in sessions] == [True]
+
+    plugin.terminate_on_call = None
+    result = run_bench(config, resume=True)
+    assert plugin.runs == Counter({("synthetic/blobs", 0): 1, ("synthetic/blobs", 1): 1})
+    assert [s.get("interrupted", False) for s in result.run["sessions"]] == [True, False]
 
 
 def test_unknown_names_list_the_valid_ones(plugin: SyntheticPlugin, tmp_path: Path) -> None:

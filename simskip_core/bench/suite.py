@@ -49,7 +49,7 @@ def run_bench(config: BenchConfig, *, resume: bool = False) -> BenchResult:
     tasks = select_tasks(all_tasks(), config)
     methods = select_methods(tasks, config)
     _prepare_out(config, resume)
-    with _thread_limit(config.threads):
+    with _thread_limit(config.threads), _terminate_as_interrupt():
         return _run(config, tasks, methods, started)
 
 
@@ -88,6 +88,29 @@ def rebuild_report(config: BenchConfig) -> BenchResult:
         else report.environment_info()
     )
     return report.build_outputs(config, tasks, methods, statuses, environment=environment)
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While the suite runs, SIGTERM (``kill``, a batch scheduler's or container's stop) ends it as
+    Ctrl-C does: finished cells stay, the session is recorded as interrupted, ``--resume`` continues.
+    A run started in the background by a shell ignores SIGINT, so SIGTERM is how it is stopped.
+    Worker processes forked meanwhile inherit the handler and stop at once when the parent ends them."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set signal handlers
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
