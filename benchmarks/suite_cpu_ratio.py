@@ -9,6 +9,11 @@ cells are listed and left out of the total.
 
     .venv/bin/python benchmarks/suite_cpu_ratio.py --run bench-results/full10 --rev 19ad2c1
 
+``--against OLD_DIR`` compares two run folders instead, over the cells both hold with status ok (the
+fair check: the same cells run by two versions of the code side by side, one core each):
+
+    .venv/bin/python benchmarks/suite_cpu_ratio.py --run /tmp/cmp-new --against /tmp/cmp-old
+
 Task loads (encoding, feature extraction, base-encoder training) are not counted on either side:
 the earlier table's load column was the cached reload of a resumed session.
 """
@@ -73,11 +78,44 @@ def new_cpu(run: Path, task: str, methods: set[str], seeds: list[int]) -> tuple[
     return total, found, missing
 
 
+def _cell_cpu(run: Path) -> dict[tuple[str, str, str], float]:
+    """CPU seconds (fit, apply, evaluation) of every finished cell of ``run``, keyed by (task, method, seed)."""
+    cells: dict[tuple[str, str, str], float] = {}
+    for path in sorted((run / "cells").glob("*/*/*.json")):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if doc.get("status") == "ok":
+            timings = doc.get("timings", {})
+            cpu = float(timings.get("run_cpu_seconds") or 0) + float(timings.get("eval_cpu_seconds") or 0)
+            cells[(doc["task"], doc["method"], path.stem)] = cpu
+    return cells
+
+
+def compare_runs(new: Path, old: Path) -> None:
+    """Print, per task, the CPU time of the cells both runs finished, and the total ratio."""
+    a, b = _cell_cpu(new), _cell_cpu(old)
+    common = sorted(set(a) & set(b))
+    print(f"earlier run: {old}; new run: {new}; {len(common)} cells in both")
+    print("| task | cells | earlier CPU s | new CPU s | earlier / new |")
+    print("|---|---|---|---|---|")
+    for task in sorted({key[0] for key in common}):
+        keys = [key for key in common if key[0] == task]
+        old_s, new_s = sum(b[k] for k in keys), sum(a[k] for k in keys)
+        print(f"| {task} | {len(keys)} | {old_s:.0f} | {new_s:.0f} | {old_s / new_s:.2f}x |")
+    old_total, new_total = sum(b[k] for k in common), sum(a[k] for k in common)
+    print(
+        f"| **total** | {len(common)} | {old_total:.0f} | {new_total:.0f} | **{old_total / new_total:.2f}x** |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="the new simskip bench folder")
     parser.add_argument("--rev", default="19ad2c1", help="git revision whose docs/ hold the earlier run")
+    parser.add_argument("--against", type=Path, help="an earlier run folder to compare cell by cell")
     args = parser.parse_args()
+    if args.against is not None:
+        compare_runs(args.run, args.against)
+        return
     cpu, seeds, methods = old_run(args.rev)
     print(f"earlier run: docs/results.md at {args.rev}; new run: {args.run}")
     print("| task | seeds | earlier CPU s | new CPU s (same cells) | earlier / new |")
