@@ -28,6 +28,8 @@ import re
 import subprocess
 from pathlib import Path
 
+from simskip_core.bench.store import slug
+
 
 def _git_show(rev: str, path: str) -> str:
     return subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True, check=True).stdout
@@ -60,11 +62,11 @@ def old_run(rev: str) -> tuple[dict[str, float], dict[str, list[int]], dict[str,
 
 def new_cpu(run: Path, task: str, methods: set[str], seeds: list[int]) -> tuple[float, int, int]:
     """CPU seconds of ``task``'s cells for ``methods`` x ``seeds`` in ``run``; (seconds, found, missing)."""
-    folder = run / "cells" / task.replace("/", "__")
+    folder = run / "cells" / slug(task)
     total, found, missing = 0.0, 0, 0
     for method in sorted(methods):
-        det = folder / method / "det.json"
-        paths = [det] if det.is_file() else [folder / method / f"seed-{s}.json" for s in seeds]
+        det = folder / slug(method) / "det.json"
+        paths = [det] if det.is_file() else [folder / slug(method) / f"seed-{s}.json" for s in seeds]
         for path in paths:
             if not path.is_file():
                 missing += 1
