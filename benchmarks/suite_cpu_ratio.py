@@ -28,8 +28,6 @@ import re
 import subprocess
 from pathlib import Path
 
-from simskip_core.bench.store import slug
-
 
 def _git_show(rev: str, path: str) -> str:
     return subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True, check=True).stdout
@@ -60,50 +58,47 @@ def old_run(rev: str) -> tuple[dict[str, float], dict[str, list[int]], dict[str,
     return cpu, seeds, methods
 
 
-def new_cpu(run: Path, task: str, methods: set[str], seeds: list[int]) -> tuple[float, int, int]:
-    """CPU seconds of ``task``'s cells for ``methods`` x ``seeds`` in ``run``; (seconds, found, missing)."""
-    folder = run / "cells" / slug(task)
-    total, found, missing = 0.0, 0, 0
-    for method in sorted(methods):
-        det = folder / slug(method) / "det.json"
-        paths = [det] if det.is_file() else [folder / slug(method) / f"seed-{s}.json" for s in seeds]
-        for path in paths:
-            if not path.is_file():
-                missing += 1
-                continue
-            doc = json.loads(path.read_text(encoding="utf-8"))
-            if doc.get("status") != "ok":
-                continue  # a method not applicable to the task costs nothing in either run
-            timings = doc.get("timings", {})
-            total += float(timings.get("run_cpu_seconds") or 0) + float(timings.get("eval_cpu_seconds") or 0)
-            found += 1
-    return total, found, missing
-
-
-def _cell_cpu(run: Path) -> dict[tuple[str, str, str], float]:
-    """CPU seconds (fit, apply, evaluation) of every finished cell of ``run``, keyed by (task, method, seed)."""
-    cells: dict[tuple[str, str, str], float] = {}
+def cell_cpu(run: Path) -> dict[tuple[str, str, str], float | None]:
+    """CPU seconds (fit, apply, evaluation) of every cell of ``run``, keyed by (task, method, file stem:
+    ``det`` or ``seed-<s>``); None for a cell that did not finish ok (a method not applicable to the task
+    costs nothing in either run)."""
+    cells: dict[tuple[str, str, str], float | None] = {}
     for path in sorted((run / "cells").glob("*/*/*.json")):
         doc = json.loads(path.read_text(encoding="utf-8"))
-        if doc.get("status") == "ok":
-            timings = doc.get("timings", {})
-            cpu = float(timings.get("run_cpu_seconds") or 0) + float(timings.get("eval_cpu_seconds") or 0)
-            cells[(doc["task"], doc["method"], path.stem)] = cpu
+        timings = doc.get("timings", {})
+        cpu = float(timings.get("run_cpu_seconds") or 0) + float(timings.get("eval_cpu_seconds") or 0)
+        cells[(doc["task"], doc["method"], path.stem)] = cpu if doc.get("status") == "ok" else None
     return cells
+
+
+def new_cpu(
+    cells: dict[tuple[str, str, str], float | None], task: str, methods: set[str], seeds: list[int]
+) -> tuple[float, int]:
+    """CPU seconds of ``task``'s cells for ``methods`` x ``seeds`` (a deterministic method once); (seconds,
+    cells missing)."""
+    total, missing = 0.0, 0
+    for method in sorted(methods):
+        det = (task, method, "det")
+        keys = [det] if det in cells else [(task, method, f"seed-{s}") for s in seeds]
+        for key in keys:
+            if key not in cells:
+                missing += 1
+            total += cells.get(key) or 0.0
+    return total, missing
 
 
 def compare_runs(new: Path, old: Path) -> None:
     """Print, per task, the CPU time of the cells both runs finished, and the total ratio."""
-    a, b = _cell_cpu(new), _cell_cpu(old)
-    common = sorted(set(a) & set(b))
+    a, b = cell_cpu(new), cell_cpu(old)
+    common = sorted(k for k in set(a) & set(b) if a[k] is not None and b[k] is not None)
     print(f"earlier run: {old}; new run: {new}; {len(common)} cells in both")
     print("| task | cells | earlier CPU s | new CPU s | earlier / new |")
     print("|---|---|---|---|---|")
     for task in sorted({key[0] for key in common}):
         keys = [key for key in common if key[0] == task]
-        old_s, new_s = sum(b[k] for k in keys), sum(a[k] for k in keys)
+        old_s, new_s = sum(b[k] or 0.0 for k in keys), sum(a[k] or 0.0 for k in keys)
         print(f"| {task} | {len(keys)} | {old_s:.0f} | {new_s:.0f} | {old_s / new_s:.2f}x |")
-    old_total, new_total = sum(b[k] for k in common), sum(a[k] for k in common)
+    old_total, new_total = sum(b[k] or 0.0 for k in common), sum(a[k] or 0.0 for k in common)
     print(
         f"| **total** | {len(common)} | {old_total:.0f} | {new_total:.0f} | **{old_total / new_total:.2f}x** |"
     )
@@ -124,8 +119,9 @@ def main() -> None:
     print("|---|---|---|---|---|")
     old_total = new_total = 0.0
     unfinished = []
+    cells = cell_cpu(args.run)
     for task in sorted(cpu):
-        new, _, missing = new_cpu(args.run, task, methods[task], seeds[task])
+        new, missing = new_cpu(cells, task, methods[task], seeds[task])
         if missing:
             unfinished.append(f"{task} ({missing} cells missing)")
             continue
