@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from simskip_core.errors import NonFiniteRowError
+from simskip_core.validation import nonfinite_rows
 
 __all__ = ["CPU_BLOCK_ROWS", "MIN_GEMM_ROWS", "apply_module", "forward_block"]
 
@@ -108,11 +109,11 @@ def apply_module(
 
 
 def _check_rows(rows: np.ndarray, name: str, offset: int, problem: str, in_input: bool) -> None:
-    bad = ~np.isfinite(rows).all(axis=1)
-    if bad.any():
-        first = int(np.flatnonzero(bad)[0]) + offset
+    bad = nonfinite_rows(rows)
+    if bad.size:
+        first = int(bad[0]) + offset
         raise NonFiniteRowError(
-            f"{name} {problem} at row {first} ({int(bad.sum())} bad row(s) in rows {offset}-{offset + len(rows) - 1}); "
+            f"{name} {problem} at row {first} ({int(bad.size)} bad row(s) in rows {offset}-{offset + len(rows) - 1}); "
             "drop or impute these rows, or use values within float32's range.",
             row=first,
             in_input=in_input,

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["as_matrix", "check_dim", "check_finite", "check_matrix"]
+__all__ = ["as_matrix", "check_dim", "check_finite", "check_matrix", "nonfinite_rows"]
 
 _CHUNK = 65536
 
@@ -84,6 +84,11 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
     raise TypeError(f"{name} must be a numpy array, np.memmap or torch tensor, got {type(x).__name__}.")
 
 
+def nonfinite_rows(block: np.ndarray) -> np.ndarray:
+    """Indices of the rows of a 2-D ``block`` that hold NaN or Inf (in its own dtype)."""
+    return np.flatnonzero(~np.isfinite(block).all(axis=1))
+
+
 def check_finite(arr: np.ndarray, *, name: str = "X") -> None:
     """Raise ``ValueError`` naming the first rows that are not finite as float32 (checked in chunks).
 
@@ -93,10 +98,10 @@ def check_finite(arr: np.ndarray, *, name: str = "X") -> None:
     for start in range(0, arr.shape[0], _CHUNK):
         with np.errstate(over="ignore", invalid="ignore"):
             block = np.asarray(arr[start : start + _CHUNK]).astype(np.float32, copy=False)
-        bad = ~np.isfinite(block).all(axis=1)
-        if bad.any():
-            rows = (np.flatnonzero(bad)[:5] + start).tolist()
-            total = int(bad.sum())
+        bad = nonfinite_rows(block)
+        if bad.size:
+            rows = (bad[:5] + start).tolist()
+            total = int(bad.size)
             raise ValueError(
                 f"{name} holds NaN or Inf values in {total}+ row(s), first at rows {rows} (values beyond "
                 "float32's range, about 3.4e38, count as Inf); drop, impute or rescale these rows before refining."
