@@ -16,10 +16,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from scale_helpers import fixed_size_list
 
 from simskip_core import SimSkip
 from simskip_core.scale import RefineBatches
+
+from scale_helpers import fixed_size_list
 
 N, D, FILES = 3000, 32, 3
 

@@ -9,12 +9,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from scale_helpers import fixed_size_list
 
 from simskip_core import SimSkip
 from simskip_core.scale import batches as batches_module
 from simskip_core.scale import refine_parquet
 from simskip_core.scale.parquet import METADATA_KEY, read_record
+
+from scale_helpers import fixed_size_list
 
 N, D = 500, 16
 

@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from scale_helpers import fixed_size_list
 
 from simskip_core import SimSkip
 from simskip_core.scale import RefineBatches
 from simskip_core.scale import batches as batches_module
+
+from scale_helpers import fixed_size_list
 
 N, D = 300, 16
 

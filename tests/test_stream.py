@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scale_helpers import forward, seeded_refiner
 
 from simskip_core import SimSkip
 from simskip_core import stream as stream_module
 from simskip_core.scale.stream import NpySource, model_fingerprint, stream_apply
+
+from scale_helpers import forward, seeded_refiner
 
 N, D = 2003, 16
 

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scale_helpers import forward, seeded_refiner
 
 from simskip_core import SimSkip
 from simskip_core.cli import main
 from simskip_core.scale import stream as stream_module
 from simskip_core.scale.stream import stream_apply
+
+from scale_helpers import forward, seeded_refiner
 
 N, D = 1500, 8
 
