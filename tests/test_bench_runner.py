@@ -480,3 +480,20 @@ def test_format_seeds() -> None:
 
     assert format_seeds([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8"
     assert format_seeds([3]) == "3" and format_seeds([]) == ""
+
+
+def test_describe_seeds_names_rows_with_fewer_seeds_than_the_task() -> None:
+    from simskip_core.bench.report import describe_seeds
+
+    even = {"rows": {"identity": {"seeds": []}, "a": {"seeds": [0, 1, 2]}, "b": {"seeds": [2, 1, 0]}}}
+    assert describe_seeds(even) == "0-2"
+    uneven = {
+        "rows": {
+            "identity": {"seeds": []},
+            "a": {"seeds": [0, 1, 2, 3]},
+            "c": {"seeds": [0, 3]},
+            "b": {"seeds": [0, 3]},
+            "d": {"seeds": [1]},
+        }
+    }
+    assert describe_seeds(uneven) == "0-3; fewer for b, c: 0, 3; fewer for d: 1"

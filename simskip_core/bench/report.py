@@ -63,6 +63,7 @@ __all__ = [
     "PACKAGES",
     "bar_figure",
     "build_outputs",
+    "describe_seeds",
     "environment_info",
     "family_group",
     "format_seeds",
@@ -584,14 +585,14 @@ def render_markdown(
         "",
     ]
     partial = {
-        summary["task"]: seeds
+        summary["task"]: describe_seeds(summary)
         for summary in run["summaries"]
-        if (seeds := task_seeds(summary)) and seeds != sorted(config["seeds"])
+        if task_seeds(summary) and describe_seeds(summary) != format_seeds(sorted(config["seeds"]))
     }
     if partial:
         lines += [
             "Tasks with other seeds than the run's (their rows use the seeds listed): "
-            + "; ".join(f"{task}: {format_seeds(seeds)}" for task, seeds in partial.items())
+            + " · ".join(f"{task}: {text}" for task, text in partial.items())
             + ".",
             "",
         ]
@@ -689,6 +690,25 @@ def task_seeds(summary: Mapping[str, Any]) -> list[int]:
     return sorted({seed for row in summary["rows"].values() for seed in row.get("seeds", [])})
 
 
+def describe_seeds(summary: Mapping[str, Any]) -> str:
+    """A task's seeds as the report states them, naming the stochastic rows that ran with fewer.
+
+    ``"0-9"`` when every stochastic row ran with the same seeds; otherwise e.g.
+    ``"0-9; fewer for random-residual, simskip-pairs: 0, 3-8"`` (rows grouped by their seeds), so a
+    table headed with the union of seeds does not hide rows resting on fewer runs.
+    """
+    union = task_seeds(summary)
+    fewer: dict[tuple[int, ...], list[str]] = {}
+    for name, row in sorted(summary["rows"].items()):
+        seeds = tuple(sorted(row.get("seeds", [])))
+        if seeds and list(seeds) != union:
+            fewer.setdefault(seeds, []).append(name)
+    text = format_seeds(union)
+    for seeds, names in fewer.items():
+        text += f"; fewer for {', '.join(names)}: {format_seeds(seeds)}"
+    return text
+
+
 def format_seeds(seeds: Sequence[int]) -> str:
     """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
     parts: list[str] = []
@@ -723,9 +743,8 @@ def _label_free_table(summary: Mapping[str, Any], status: Mapping[str, Any]) -> 
     size = ""
     if status.get("n_train") is not None:
         size = f"; {status['n_train']} train / {status['n_test']} test items, d = {status.get('dim')}"
-    seeds = task_seeds(summary)
-    if seeds:
-        size += f"; seeds {format_seeds(seeds)}"
+    if task_seeds(summary):
+        size += f"; seeds {describe_seeds(summary)}"
     lines = [
         f"### {summary['task']}",
         "",
