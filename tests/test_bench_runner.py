@@ -487,6 +487,7 @@ def test_describe_seeds_names_rows_with_fewer_seeds_than_the_task() -> None:
 
     even = {"rows": {"identity": {"seeds": []}, "a": {"seeds": [0, 1, 2]}, "b": {"seeds": [2, 1, 0]}}}
     assert describe_seeds(even) == "0-2"
+    assert describe_seeds({"rows": {"identity": {"seeds": []}}}) == ""
     uneven = {
         "rows": {
             "identity": {"seeds": []},

@@ -584,10 +584,11 @@ def render_markdown(
         "## Summary",
         "",
     ]
+    run_seeds = format_seeds(sorted(config["seeds"]))
     partial = {
-        summary["task"]: describe_seeds(summary)
+        summary["task"]: text
         for summary in run["summaries"]
-        if task_seeds(summary) and describe_seeds(summary) != format_seeds(sorted(config["seeds"]))
+        if (text := describe_seeds(summary)) and text != run_seeds
     }
     if partial:
         lines += [
@@ -693,7 +694,7 @@ def task_seeds(summary: Mapping[str, Any]) -> list[int]:
 def describe_seeds(summary: Mapping[str, Any]) -> str:
     """A task's seeds as the report states them, naming the stochastic rows that ran with fewer.
 
-    ``"0-9"`` when every stochastic row ran with the same seeds; otherwise e.g.
+    ``""`` without stochastic rows; ``"0-9"`` when every stochastic row ran with the same seeds; otherwise e.g.
     ``"0-9; fewer for random-residual, simskip-pairs: 0, 3-8"`` (rows grouped by their seeds), so a
     table headed with the union of seeds does not hide rows resting on fewer runs.
     """
@@ -743,8 +744,8 @@ def _label_free_table(summary: Mapping[str, Any], status: Mapping[str, Any]) -> 
     size = ""
     if status.get("n_train") is not None:
         size = f"; {status['n_train']} train / {status['n_test']} test items, d = {status.get('dim')}"
-    if task_seeds(summary):
-        size += f"; seeds {describe_seeds(summary)}"
+    if seeds := describe_seeds(summary):
+        size += f"; seeds {seeds}"
     lines = [
         f"### {summary['task']}",
         "",
