@@ -16,10 +16,14 @@ FLOP count of a linear layer (in -> out) on m rows: forward 2·m·in·out, weigh
 input gradient 2·m·in·out (skipped for g's first layer, whose input is data). NT-Xent adds the
 (2B x k) @ (k x 2B) similarity product: 2·(2B)²·k forward and 2·2·(2B)²·k backward.
 
-Targets: training >= 40 % of the matmul rate, applying >= 70 %.
+Targets: training >= 40 % of the matmul rate, applying >= 70 % (on the CPU). With ``--device cuda`` every
+side runs on the GPU (timed after ``torch.cuda.synchronize``); the apply rates then include the
+host-to-GPU copies and the copy back, as ``SimSkip.transform`` and ``stream_apply`` pay them, while the
+matmul rate does not, so their ratios say how much the transfers cost rather than how well the GEMMs run.
 
     python benchmarks/bench_refiner_flops.py                 # d=384, batch 512 (defaults)
     python benchmarks/bench_refiner_flops.py --quick         # smaller, for a smoke test
+    python benchmarks/bench_refiner_flops.py --device cuda   # the same on a GPU
 """
 
 from __future__ import annotations
@@ -79,25 +83,36 @@ def flops(gemms: list[tuple[int, int, int]]) -> float:
     return float(sum(2 * m * k * n for m, k, n in gemms))
 
 
-def matmul_rate(gemms: list[tuple[int, int, int]], seconds: float = 2.0) -> float:
-    """GFLOP/s of plain torch.matmul running exactly these products (operands preallocated)."""
-    operands = [(torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)) for m, k, n in gemms]
+def sync(device: torch.device) -> None:
+    """Wait for the GPU's queued work (a no-op on the CPU), so that a clock read after it is honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(gemms: list[tuple[int, int, int]], device: torch.device, seconds: float = 2.0) -> float:
+    """GFLOP/s of plain torch.matmul running exactly these products (operands preallocated on ``device``)."""
+    operands = [
+        (torch.randn(m, k, device=device), torch.randn(k, n, device=device), torch.empty(m, n, device=device))
+        for m, k, n in gemms
+    ]
     for a, b, c in operands:
         torch.matmul(a, b, out=c)
+    sync(device)
     reps, tic = 0, time.perf_counter()
     while time.perf_counter() - tic < seconds:
         for a, b, c in operands:
             torch.matmul(a, b, out=c)
+        sync(device)
         reps += 1
     return reps * flops(gemms) / (time.perf_counter() - tic) / 1e9
 
 
-def train_rate(x: np.ndarray, dim: int, batch: int) -> float:
+def train_rate(x: np.ndarray, dim: int, batch: int, device: torch.device) -> float:
     """GFLOP/s achieved by fit_refiner (one epoch, no validation), FLOPs counted from layer sizes."""
     torch.manual_seed(0)
     refiner = SkipRefiner(dim)
     config = TrainConfig(
-        epochs=1, batch_size=batch, val_fraction=0.0, patience=None, progress=False, device="cpu"
+        epochs=1, batch_size=batch, val_fraction=0.0, patience=None, progress=False, device=str(device)
     )
     history = fit_refiner(x, refiner, NTXentLoss(), build_augmentation(AUGMENT), [], config)
     steps = x.shape[0] // batch  # fit_refiner keeps a final short batch; count only full ones below
@@ -107,18 +122,22 @@ def train_rate(x: np.ndarray, dim: int, batch: int) -> float:
     return total / history[0]["seconds"] / 1e9
 
 
-def apply_rate(refiner: SkipRefiner, x: np.ndarray, chunk: int) -> float:
-    """GFLOP/s of the in-memory chunked forward pass (what SimSkip.transform does)."""
+def apply_rate(refiner: SkipRefiner, x: np.ndarray, chunk: int, device: torch.device) -> float:
+    """GFLOP/s of the in-memory chunked forward pass (what SimSkip.transform does), from host rows to
+    host rows: on a GPU each chunk is copied there and its output back (both no-ops on the CPU)."""
+    sync(device)
     tic = time.perf_counter()
     with torch.no_grad():
         for start in range(0, x.shape[0], chunk):
-            refiner(torch.from_numpy(x[start : start + chunk]))
+            refiner(torch.from_numpy(x[start : start + chunk]).to(device)).cpu()
     return flops(apply_gemms(refiner, x.shape[0])) / (time.perf_counter() - tic) / 1e9
 
 
-def stream_rate(refiner: SkipRefiner, path: Path, out: Path, rows: int, chunk: int) -> float:
+def stream_rate(
+    refiner: SkipRefiner, path: Path, out: Path, rows: int, chunk: int, device: torch.device
+) -> float:
     """GFLOP/s of stream_apply from a .npy file to a .npy file."""
-    result = stream_apply(refiner, path, out, chunk_rows=chunk, overwrite=True, progress=False, device="cpu")
+    result = stream_apply(refiner, path, out, chunk_rows=chunk, overwrite=True, progress=False, device=device)
     return flops(apply_gemms(refiner, rows)) / result.seconds / 1e9
 
 
@@ -143,7 +162,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke test")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     args = parser.parse_args()
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device!r} is not a device; use cpu, cuda or cuda:N.")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device} was asked for but CUDA is not available; use --device cpu.")
     if args.quick:
         args.train_rows, args.apply_rows, args.chunk, args.repeats = 512 * 4, 32768, 8192, 1
     if args.threads:
@@ -155,6 +181,7 @@ def main() -> None:
     torch.manual_seed(0)
     refiner = SkipRefiner(args.dim).eval()
     torch.nn.init.normal_(refiner.g[-1].weight, std=0.02)
+    refiner.to(device)
     block = args.block or CPU_BLOCK_ROWS
     tgemms, agemms, bgemms = (
         train_gemms(refiner, args.batch),
@@ -168,13 +195,13 @@ def main() -> None:
         path, out = Path(tmp) / "x.npy", Path(tmp) / "out.npy"
         np.save(path, x_apply)
         for _ in range(args.repeats):  # interleaved: load changes hit both sides of each ratio
-            results["mm_train"].append(matmul_rate(tgemms))
-            results["train"].append(train_rate(x_train, args.dim, args.batch))
-            results["mm_apply"].append(matmul_rate(agemms))
-            results["apply"].append(apply_rate(refiner, x_apply, args.chunk))
-            results["mm_apply_block"].append(matmul_rate(bgemms))
-            results["apply_block"].append(apply_rate(refiner, x_apply, block))
-            results["stream"].append(stream_rate(refiner, path, out, args.apply_rows, args.chunk))
+            results["mm_train"].append(matmul_rate(tgemms, device))
+            results["train"].append(train_rate(x_train, args.dim, args.batch, device))
+            results["mm_apply"].append(matmul_rate(agemms, device))
+            results["apply"].append(apply_rate(refiner, x_apply, args.chunk, device))
+            results["mm_apply_block"].append(matmul_rate(bgemms, device))
+            results["apply_block"].append(apply_rate(refiner, x_apply, block, device))
+            results["stream"].append(stream_rate(refiner, path, out, args.apply_rows, args.chunk, device))
     med = {k: statistics.median(v) for k, v in results.items()}
     report = {
         "dim": args.dim,
@@ -183,6 +210,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg(),
         "train_step_gflop": flops(tgemms) / 1e9,
