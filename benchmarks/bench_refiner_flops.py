@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from simskip_core.augment import build_augmentation
+from simskip_core.cli import check_device
 from simskip_core.losses import NTXentLoss
 from simskip_core.refiner import SkipRefiner
 from simskip_core.scale.stream import CPU_BLOCK_ROWS, stream_apply
@@ -165,11 +166,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     args = parser.parse_args()
     try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        parser.error(f"--device {args.device!r} is not a device; use cpu, cuda or cuda:N.")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device} was asked for but CUDA is not available; use --device cpu.")
+        check_device(args.device)
+    except ValueError as error:
+        parser.error(str(error))
+    device = torch.device(args.device)
     if args.quick:
         args.train_rows, args.apply_rows, args.chunk, args.repeats = 512 * 4, 32768, 8192, 1
     if args.threads:

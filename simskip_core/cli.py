@@ -22,7 +22,7 @@ import numpy as np
 
 from simskip_core import __version__
 
-__all__ = ["TRACEBACK_ENV", "build_parser", "main"]
+__all__ = ["TRACEBACK_ENV", "build_parser", "check_device", "main"]
 
 #: Environment variable that makes ``main`` show the traceback of an error (like ``--traceback``).
 TRACEBACK_ENV = "SIMSKIP_TRACEBACK"
@@ -317,8 +317,9 @@ def _check_checkpoint_dir(path: Path) -> None:
         _check_parent(path, "--checkpoint-dir")
 
 
-def _check_device(device: str | None) -> None:
-    """Refuse a device torch does not know, and a CUDA device this machine does not have."""
+def check_device(device: str | None) -> None:
+    """Raise ``ValueError`` (one line, naming the ``--device`` flag and the fix) for a device torch does not
+    know, or a CUDA device this machine does not have; None (the default device) passes."""
     if device is None:
         return
     import torch
@@ -380,7 +381,7 @@ def _check_refine(args: argparse.Namespace) -> None:
         _check_save_model(args)
     if args.checkpoint_dir is not None:
         _check_checkpoint_dir(args.checkpoint_dir)
-    _check_device(args.device)
+    check_device(args.device)
     if args.loss is not None:
         from simskip_core.losses import loss_resolver
 
