@@ -601,19 +601,6 @@ def _resolve_distributed(config: TrainConfig) -> _dist.DistInfo:
     return info if info.world_size > 1 else _dist.DistInfo()
 
 
-def _resolve_device(config: TrainConfig, info: _dist.DistInfo) -> torch.device:
-    from simskip_core.scale import distributed as _dist
-
-    if config.device is None:
-        return _dist.default_device(info)
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device {config.device!r} was asked for but CUDA is not available; pass device='cpu'."
-        )
-    return device
-
-
 def _home_device(*modules: nn.Module) -> torch.device:
     for module in modules:
         for tensor in [*module.parameters(), *module.buffers()]:
@@ -647,7 +634,7 @@ def fit_refiner(
 
     info = _resolve_distributed(config)
     world, rank = info.world_size, info.rank
-    device = _resolve_device(config, info)
+    device = _dist.resolve_device(config.device, info)
     n = x.shape[0]
     generator = torch.Generator().manual_seed(config.seed)
     perm = torch.randperm(n, generator=generator)

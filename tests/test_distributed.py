@@ -229,6 +229,22 @@ def test_helpers_without_a_process_group() -> None:
     assert sdist.broadcast_float(1.5) == 1.5
 
 
+def test_resolve_device_defaults_per_rank_and_refuses_absent_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert sdist.resolve_device(None) == sdist.default_device()
+    assert sdist.resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert sdist.resolve_device(None) == torch.device("cpu")
+    x = _data()
+    config = TrainConfig(epochs=1, batch_size=32, progress=False, device="cuda")
+    # training and streaming share the check, so both name the same fix
+    with pytest.raises(
+        RuntimeError, match=r"'cuda' was asked for but CUDA is not available; pass device='cpu'"
+    ):
+        fit_refiner(x, SkipRefiner(16), NTXentLoss(), build_augmentation(AUGMENT), [], config)
+    with pytest.raises(RuntimeError, match="CUDA is not available; pass device='cpu'"):
+        sdist.resolve_device(torch.device("cuda", 0))
+
+
 def test_distributed_true_without_a_process_group_names_the_fix() -> None:
     x = _data()
     config = TrainConfig(epochs=1, batch_size=32, progress=False, distributed=True)

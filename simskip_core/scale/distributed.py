@@ -44,6 +44,7 @@ __all__ = [
     "init_distributed",
     "is_distributed",
     "is_main_process",
+    "resolve_device",
     "split_sizes",
 ]
 
@@ -98,6 +99,17 @@ def default_device(info: DistInfo | None = None) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", info.local_rank % torch.cuda.device_count())
     return torch.device("cpu")
+
+
+def resolve_device(device: str | torch.device | None, info: DistInfo | None = None) -> torch.device:
+    """``device`` as a torch device, or :func:`default_device` when None; ``RuntimeError`` (one line, with
+    the fix) when CUDA is asked for on a machine without it."""
+    if device is None:
+        return default_device(info)
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} was asked for but CUDA is not available; pass device='cpu'.")
+    return resolved
 
 
 def init_distributed(backend: str | None = None, *, timeout_minutes: float = 30.0) -> DistInfo:

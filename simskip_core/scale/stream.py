@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from simskip_core.apply import CPU_BLOCK_ROWS, apply_module
 from simskip_core.progress import bar_disabled
-from simskip_core.scale.distributed import default_device, dist_info
+from simskip_core.scale.distributed import dist_info, resolve_device
 
 __all__ = ["NpySource", "StreamResult", "model_fingerprint", "stream_apply", "stream_apply_from_args"]
 
@@ -486,9 +486,7 @@ def stream_apply(
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}.")
     module, dim = _resolve_module(model)
     rank, world_size, coordinated = _resolve_rank(rank, world_size)
-    dev = torch.device(device) if device is not None else default_device(dist_info())
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} was asked for but CUDA is not available; pass device='cpu'.")
+    dev = resolve_device(device, dist_info())
     files = _Files(Path(out_path).expanduser())
     if files.out.suffix != ".npy":
         raise ValueError(f"out_path must end in .npy, got {files.out}; the output is a standard .npy array.")
